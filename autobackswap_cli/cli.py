@@ -1,0 +1,424 @@
+"""The ``autobackswap`` command line: one thin function per subcommand, options -> one library call.
+
+Exit codes: 0 all items done, 1 some items failed (listed at the end and in the
+run record), 2 bad arguments or missing inputs, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .engine import FailFast, RunOptions, StepError, console, default_workers, print_summary, resolve_shard
+
+app = typer.Typer(
+    name="autobackswap",
+    help=(
+        "Background swapping for ImageFolder datasets (AutoBackSwap). Label a few hundred images' patches, "
+        "train a small segmenter, segment everything, inpaint clean backgrounds, compose foregrounds onto "
+        "other backgrounds. Every step reads and writes folders; reruns skip finished items."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ----------------------------------------------------------------- shared options (defined once)
+Workers = Annotated[int, typer.Option("--workers", "-j", help="Worker processes for decoding/encoding (0 = in the main process).", min=0)]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Images per model batch.", min=1)]
+ShardOpt = Annotated[
+    Optional[str],
+    typer.Option("--shard", help="Process only shard K of N (0-based, e.g. 0/4). Default: from torchrun RANK/WORLD_SIZE or a SLURM array, else all."),
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo items whose outputs already exist (default: skip them).")]
+FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed item instead of listing failures at the end.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps. A device that is not there is an error.")]
+Preview = Annotated[Optional[Path], typer.Option("--preview", help="Write a PNG grid of results to look at.", dir_okay=False)]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same inputs and seed give identical outputs.")]
+Grid = Annotated[int, typer.Option("--grid", help="Patch grid size P (P x P patches per image).", min=2)]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+
+
+def _run_options(workers: int, batch_size: int, shard: Optional[str], overwrite: bool, fail_fast: bool, no_progress: bool) -> RunOptions:
+    return RunOptions(workers=workers, batch_size=batch_size, shard=resolve_shard(shard), overwrite=overwrite, fail_fast=fail_fast, progress=not no_progress)
+
+
+def _handles_errors(fn):
+    """Turn library exceptions into one clear line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StepError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2)
+        except FailFast as exc:
+            console.print(f"[red]stopped (--fail-fast):[/] {exc}")
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: finished items are kept; run the same command again to resume")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _finish(report) -> None:
+    print_summary(report)
+    if report.failures:
+        raise typer.Exit(1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autobackswap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False) -> None:
+    pass
+
+
+# ----------------------------------------------------------------- sample-data
+
+
+@app.command("sample-data")
+@_handles_errors
+def sample_data_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to write the sample dataset to.")],
+    seed: Seed = 0,
+    size: Annotated[int, typer.Option("--size", help="Shorter image side in pixels.", min=32)] = 128,
+    train_per_class: Annotated[int, typer.Option(help="Training images per class.", min=1)] = 60,
+    test_per_group: Annotated[int, typer.Option(help="Test images per (class, background) pair.", min=1)] = 10,
+    labelled: Annotated[int, typer.Option(help="Training images that get patch labels.", min=0)] = 60,
+    grid: Grid = 16,
+) -> None:
+    """Write a small synthetic dataset whose classes are 100% tied to their backgrounds (with ground truth)."""
+    from .sample_data import SampleSpec, generate
+
+    summary = generate(out, SampleSpec(seed=seed, size=size, train_per_class=train_per_class, test_per_group=test_per_group, labelled=labelled, grid=grid))
+    console.print(
+        f"[green]sample data[/]: {summary['train_images']} training and {summary['test_images']} test images, "
+        f"{summary['labelled_images']} labelled -> {out}"
+    )
+
+
+# ----------------------------------------------------------------- label
+
+
+@app.command("label")
+@_handles_errors
+def label_cmd(
+    data: Annotated[Path, typer.Argument(help="Input ImageFolder (DATA/<class>/<image>).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="LABELS folder to write P x P grids to.")],
+    from_masks: Annotated[Optional[Path], typer.Option("--from-masks", help="Import pixel masks mirroring DATA (DIR/<class>/<name>.png).")] = None,
+    from_csv: Annotated[Optional[Path], typer.Option("--from-csv", help="Import the reference implementation's masks.csv (info,mask).")] = None,
+    from_coco: Annotated[Optional[Path], typer.Option("--from-coco", help="Import a COCO instances JSON (polygons and RLE).")] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help="Label only N images, stratified over classes.", min=1)] = None,
+    grid: Annotated[Optional[int], typer.Option("--grid", help="Patch grid size P (default 16; --from-csv infers it from the mask length).", min=2)] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="A patch is foreground when its mean mask value is at least this.", min=0.0, max=1.0)] = 0.25,
+    export_csv: Annotated[Optional[Path], typer.Option("--export-csv", help="Also write LABELS as the reference masks.csv.")] = None,
+    seed: Seed = 0,
+    workers: Workers = default_workers(),
+    overwrite: Overwrite = False,
+    fail_fast: FailFastOpt = False,
+    no_progress: NoProgress = False,
+) -> None:
+    """Make patch labels: import them from masks, a masks.csv or COCO (the interactive labeller comes later)."""
+    from .engine import prepare_items, run_step
+    from .labels import DEFAULT_GRID, LabelImportStep, LabelsInfo, export_csv as write_csv, read_labels_info, select_stratified, source_from_coco, source_from_csv, source_from_masks, write_labels_info
+
+    chosen = [s for s in (from_masks, from_csv, from_coco) if s is not None]
+    if len(chosen) > 1:
+        raise StepError("use one of --from-masks, --from-csv, --from-coco")
+    items, warnings = prepare_items(data, out)
+    if not chosen:
+        if export_csv:
+            rows, unlabelled = write_csv(out, items, export_csv, read_labels_info(out).grid)
+            console.print(f"exported {rows} labelled image(s) to {export_csv}" + (f" ({unlabelled} unlabelled patches written as 0)" if unlabelled else ""))
+            return
+        raise StepError("the interactive labeller is not built yet: pass --from-masks DIR, --from-csv FILE or --from-coco FILE")
+    if from_masks:
+        source = source_from_masks(from_masks, items, grid or DEFAULT_GRID, threshold)
+    elif from_csv:
+        source = source_from_csv(from_csv, items, grid)
+    else:
+        source = source_from_coco(from_coco, items, grid or DEFAULT_GRID, threshold)
+    for w in source.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    targets = source.available
+    if count is not None:
+        keep = set(select_stratified([str(it.rel) for it in targets], count, seed))
+        targets = [it for it in targets if str(it.rel) in keep]
+    if not targets:
+        raise StepError(f"{source.source} labels none of the images in {data}")
+    existing = read_labels_info(out) if (out / "labels.json").exists() else None
+    if existing and existing.grid != source.grid:
+        raise StepError(f"{out} already holds {existing.grid}x{existing.grid} labels; this import makes {source.grid}x{source.grid} (use another folder)")
+    step = LabelImportStep(source, out)
+    report = run_step(step, targets, _run_options(workers, 16, None, overwrite, fail_fast, no_progress), warnings + source.warnings)
+    write_labels_info(out, LabelsInfo(grid=source.grid, source=source.source, method=source.method, threshold=source.threshold if source.method != "from-csv" else None, count=sum(1 for it in items if (out / f"{it.key}.png").exists())))
+    if export_csv:
+        rows, _ = write_csv(out, items, export_csv, source.grid)
+        console.print(f"exported {rows} labelled image(s) to {export_csv}")
+    _finish(report)
+
+
+# ----------------------------------------------------------------- train-segmenter
+
+
+@app.command("train-segmenter")
+@_handles_errors
+def train_segmenter_cmd(
+    data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
+    labels: Annotated[Path, typer.Argument(help="LABELS folder (from `autobackswap label`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint file to write, e.g. segmenter.pt.", dir_okay=False)],
+    backbone: Annotated[str, typer.Option("--backbone", help="small-cnn (offline default), efficientnet_b0, resnet18, resnet50, mobilenet_v3_large.")] = "small-cnn",
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="Start from torchvision's ImageNet weights (its cache, or a download).")] = False,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Start from a local torchvision state dict file.", dir_okay=False)] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Most epochs to train (early stopping may end sooner).", min=1)] = 80,
+    patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better validation IoU.", min=1)] = 15,
+    batch_size: BatchSize = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (one-cycle schedule).")] = 2e-3,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Network input side (default: backbone stride x grid).")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled images held out for validation.", min=0.0, max=0.9)] = 0.2,
+    vflip: Annotated[bool, typer.Option("--vflip", help="Also augment with vertical flips (for top-down imagery).")] = False,
+    device: Device = "auto",
+    seed: Seed = 0,
+    no_progress: NoProgress = False,
+) -> None:
+    """Train the secondary network (the segmenter) from patch labels."""
+    from .segmenter.train import TrainOptions, train_segmenter
+
+    if pretrained and weights:
+        raise StepError("use either --pretrained or --weights FILE, not both")
+    opts = TrainOptions(
+        backbone=backbone, pretrained=pretrained, weights=str(weights) if weights else None, image_size=image_size,
+        epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, patience=patience, seed=seed,
+        device=device, vflip=vflip,
+    )
+    result = train_segmenter(data, labels, out, opts, progress=not no_progress)
+    m = result.metrics
+    iou = f"{m['val_patch_iou']:.3f}" if m["val_patch_iou"] is not None else "n/a"
+    console.print(
+        f"[green]segmenter[/]: best epoch {m['best_epoch']} of {m['epochs_run']}, validation patch IoU {iou} "
+        f"({m['train_images']} train / {m['val_images']} val images) -> {out}"
+    )
+    if result.failures:
+        console.print(f"[red]{len(result.failures)} labelled image(s) could not be read[/] (listed above)")
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------- segment
+
+
+@app.command("segment")
+@_handles_errors
+def segment_cmd(
+    data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter checkpoint from train-segmenter.", dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="MASKS folder: <class>/<name>.png, value = P(foreground) * 255.")],
+    refine: Annotated[str, typer.Option("--refine", help="Snap mask edges to the image: guided (guided filter, fast), grabcut (slower, sharpest) or none.")] = "guided",
+    truth: Annotated[Optional[Path], typer.Option("--truth", help="Ground-truth masks mirroring DATA: print and record the IoU against them.")] = None,
+    device: Device = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16.")] = "auto",
+    workers: Workers = default_workers(),
+    batch_size: BatchSize = 32,
+    shard: ShardOpt = None,
+    overwrite: Overwrite = False,
+    fail_fast: FailFastOpt = False,
+    preview: Preview = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Segment every image: soft foreground masks at full resolution."""
+    from .engine import prepare_items, run_step
+    from .segmenter.predict import SegmentOptions, SegmentStep
+
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise StepError(f"--precision must be auto, fp32, fp16 or bf16; got {precision!r}")
+    items, warnings = prepare_items(data, out)
+    step = SegmentStep(model, out, SegmentOptions(device=device, refine=refine, precision=precision, preview=str(preview) if preview else None, truth=str(truth) if truth else None))
+    _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress), warnings))
+
+
+# ----------------------------------------------------------------- inpaint
+
+
+@app.command("inpaint")
+@_handles_errors
+def inpaint_cmd(
+    data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
+    masks: Annotated[Path, typer.Argument(help="MASKS folder from `autobackswap segment` (or your own masks, 0..255).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="BACKGROUNDS folder: each image with its foreground filled in.")],
+    method: Annotated[str, typer.Option("--method", help="pyramid (default: fast, offline), telea, ns, diffusers, torchscript.")] = "pyramid",
+    model: Annotated[Optional[str], typer.Option("--model", help="diffusers: hub id or local pipeline folder; torchscript: model file (e.g. big-lama.pt).")] = None,
+    loose: Annotated[float, typer.Option("--loose", help="Fill where P(foreground) is at least this (the loose mask).", min=0.0, max=1.0)] = 0.1,
+    dilate: Annotated[int, typer.Option("--dilate", help="Grow the fill region by this many pixels, so no halo survives.", min=0)] = 4,
+    texture: Annotated[str, typer.Option("--texture", help="pyramid: restore texture from the known background: off, auto (as much as it predicts), or a strength such as 0.5. Slower.")] = "off",
+    radius: Annotated[int, typer.Option("--radius", help="telea / ns: neighbourhood radius in pixels.", min=1)] = 3,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="diffusers: what to paint into the hole.")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="diffusers: what not to paint.")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="diffusers: denoising steps.", min=1)] = 25,
+    guidance: Annotated[float, typer.Option("--guidance", help="diffusers: classifier-free guidance scale.")] = 7.5,
+    resolution: Annotated[int, typer.Option("--resolution", help="diffusers: side of the square crop the model sees (multiple of 8).", min=8)] = 512,
+    out_format: Annotated[str, typer.Option("--format", help="Output format: same (as the input), png, jpg or webp.")] = "same",
+    quality: Annotated[int, typer.Option("--quality", help="JPEG/WEBP quality.", min=1, max=100)] = 95,
+    device: Device = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="Model backends: auto (fp16 on CUDA, else fp32), fp32, fp16, bf16.")] = "auto",
+    seed: Seed = 0,
+    workers: Workers = default_workers(),
+    batch_size: BatchSize = 4,
+    shard: ShardOpt = None,
+    overwrite: Overwrite = False,
+    fail_fast: FailFastOpt = False,
+    preview: Preview = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Remove the foreground and fill the hole: a clean background per image."""
+    from .engine import prepare_items, run_step
+    from .inpaint import InpaintOptions
+    from .inpaint.step import FillRegion, InpaintStep
+
+    if out_format not in ("same", "png", "jpg", "jpeg", "webp"):
+        raise StepError(f"--format must be same, png, jpg or webp; got {out_format!r}")
+    if not masks.is_dir():
+        raise StepError(f"masks folder not found: {masks}")
+    texture_strength = {"off": 0.0, "auto": -1.0}.get(texture)
+    if texture_strength is None:
+        try:
+            texture_strength = float(texture)
+        except ValueError:
+            raise StepError(f"--texture must be off, auto or a number; got {texture!r}") from None
+    defaults = InpaintOptions()
+    options = InpaintOptions(
+        method=method, model=model, prompt=prompt or defaults.prompt, negative_prompt=negative_prompt if negative_prompt is not None else defaults.negative_prompt,
+        steps=steps, guidance=guidance, resolution=resolution, radius=radius, texture=texture_strength, seed=seed, device=device, precision=precision,
+    )
+    items, warnings = prepare_items(data, out, extra_outputs=[masks])
+    step = InpaintStep(masks, out, options, FillRegion(loose=loose, dilate=dilate), out_format=out_format, quality=quality, preview=str(preview) if preview else None)
+    _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress), warnings))
+
+
+# ----------------------------------------------------------------- compose
+
+
+def _floats(text: str, name: str, count: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise StepError(f"{name} wants {count} comma-separated numbers; got {text!r}")
+    return values
+
+
+@app.command("compose")
+@_handles_errors
+def compose_cmd(
+    data: Annotated[Path, typer.Argument(help="Input ImageFolder (the foregrounds).")],
+    masks: Annotated[Path, typer.Argument(help="MASKS folder from `autobackswap segment`.")],
+    backgrounds: Annotated[Path, typer.Argument(help="BACKGROUNDS folder from `autobackswap inpaint`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="OUT folder: <class>/<name>__<bg-class>__<bg-name>.<ext> and manifest.csv.")],
+    per_image: Annotated[int, typer.Option("--per-image", "-k", help="Composites per foreground image.", min=1)] = 1,
+    bg_from: Annotated[str, typer.Option("--bg-from", help="Backgrounds from: any (class uniform, then image), other-class, same-class, next-class.")] = "any",
+    only_fg: Annotated[bool, typer.Option("--only-fg", help="Write each foreground on a flat fill instead (IN-9 Only-FG).")] = False,
+    only_bg: Annotated[bool, typer.Option("--only-bg", help="Write each image's own clean background instead (IN-9 Only-BG).")] = False,
+    include_originals: Annotated[bool, typer.Option("--include-originals", help="Also copy the original images into OUT.")] = False,
+    tight: Annotated[float, typer.Option("--tight", help="The foreground is where P(fg) is at least this (the tight mask).", min=0.0, max=1.0)] = 0.5,
+    feather: Annotated[float, typer.Option("--feather", help="Soft edge of the foreground, in pixels.", min=0.0)] = 2.0,
+    scale: Annotated[str, typer.Option("--scale", help="Random foreground scale range a,b (e.g. 0.8,1.2).")] = "1,1",
+    rotate: Annotated[float, typer.Option("--rotate", help="Random rotation up to this many degrees either way.", min=0.0)] = 0.0,
+    translate: Annotated[int, typer.Option("--translate", help="Random shift up to this many pixels on each axis (kept inside the frame).", min=0)] = 0,
+    fill: Annotated[str, typer.Option("--fill", help="--only-fg: the flat fill colour as R,G,B.")] = "0,0,0",
+    out_format: Annotated[str, typer.Option("--format", help="Output format: same (as the input), jpg, png or webp.")] = "same",
+    quality: Annotated[int, typer.Option("--quality", help="JPEG/WEBP quality.", min=1, max=100)] = 95,
+    seed: Seed = 0,
+    workers: Workers = default_workers(),
+    shard: ShardOpt = None,
+    overwrite: Overwrite = False,
+    fail_fast: FailFastOpt = False,
+    preview: Preview = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Put every foreground onto backgrounds of other images and classes: the augmented dataset."""
+    from .compose import ComposeOptions, ComposeStep
+    from .engine import prepare_items, run_step
+
+    if only_fg and only_bg:
+        raise StepError("use either --only-fg or --only-bg")
+    if out_format not in ("same", "png", "jpg", "jpeg", "webp"):
+        raise StepError(f"--format must be same, png, jpg or webp; got {out_format!r}")
+    if not masks.is_dir():
+        raise StepError(f"masks folder not found: {masks}")
+    lo, hi = _floats(scale, "--scale", 2)
+    options = ComposeOptions(
+        per_image=per_image, bg_from=bg_from, variant="only-fg" if only_fg else ("only-bg" if only_bg else "swap"), tight=tight,
+        feather=feather, scale=(lo, hi), rotate=rotate, translate=translate, fill=tuple(int(v) for v in _floats(fill, "--fill", 3)),
+        include_originals=include_originals, out_format=out_format, quality=quality, seed=seed,
+    )
+    run_options = _run_options(workers, 1, shard, overwrite, fail_fast, no_progress)
+    items, warnings = prepare_items(data, out, extra_outputs=[masks, backgrounds])
+    step = ComposeStep(masks, backgrounds, out, options, shard=run_options.shard, preview=str(preview) if preview else None)
+    _finish(run_step(step, items, run_options, warnings))
+
+
+# ----------------------------------------------------------------- run
+
+
+@app.command("run")
+@_handles_errors
+def run_cmd(
+    data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
+    labels: Annotated[Path, typer.Option("--labels", "-l", help="LABELS folder (from `autobackswap label`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="WORK folder: segmenter.pt, masks/, backgrounds/, composites/.")],
+    backbone: Annotated[str, typer.Option("--backbone", help="Segmenter backbone (see train-segmenter).")] = "small-cnn",
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="Segmenter starts from torchvision's ImageNet weights.")] = False,
+    epochs: Annotated[int, typer.Option("--epochs", help="Most segmenter training epochs.", min=1)] = 80,
+    refine: Annotated[str, typer.Option("--refine", help="segment: guided, grabcut or none.")] = "guided",
+    method: Annotated[str, typer.Option("--method", help="inpaint: pyramid, telea, ns, diffusers, torchscript.")] = "pyramid",
+    model: Annotated[Optional[str], typer.Option("--model", help="inpaint: diffusers pipeline or TorchScript file.")] = None,
+    per_image: Annotated[int, typer.Option("--per-image", "-k", help="compose: composites per image.", min=1)] = 1,
+    bg_from: Annotated[str, typer.Option("--bg-from", help="compose: any, other-class, same-class, next-class.")] = "any",
+    device: Device = "auto",
+    seed: Seed = 0,
+    workers: Workers = default_workers(),
+    batch_size: BatchSize = 32,
+    shard: ShardOpt = None,
+    overwrite: Overwrite = False,
+    fail_fast: FailFastOpt = False,
+    no_progress: NoProgress = False,
+) -> None:
+    """The whole chain: train-segmenter, segment, inpaint, compose (resumable step by step)."""
+    from .compose import ComposeOptions
+    from .inpaint import InpaintOptions
+    from .pipeline import PipelineOptions, run_pipeline
+    from .segmenter.predict import SegmentOptions
+    from .segmenter.train import TrainOptions
+
+    options = PipelineOptions(
+        train=TrainOptions(backbone=backbone, pretrained=pretrained, epochs=epochs, seed=seed, device=device),
+        segment=SegmentOptions(device=device, refine=refine),
+        inpaint=InpaintOptions(method=method, model=model, seed=seed, device=device),
+        compose=ComposeOptions(per_image=per_image, bg_from=bg_from, seed=seed),
+        run=_run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress),
+    )
+    reports = run_pipeline(data, labels, out, options)
+    console.print(f"[green]done[/]: composites in {out / 'composites'} (manifest.csv lists each one)")
+    if any(r.failures for r in reports):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="autobackswap")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

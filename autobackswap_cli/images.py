@@ -1,0 +1,330 @@
+"""ImageFolder scanning, robust image / mask reading, and atomic writes.
+
+Everything that touches image files on disk lives here, so every step reads and
+writes them the same way:
+
+* ``scan_image_folder`` lists ``DATA/<class>/.../<name>.<ext>`` in a stable order;
+* ``read_image`` returns an RGB uint8 array whatever the file holds (EXIF rotation,
+  grayscale, RGBA, palette, CMYK, 16-bit) or raises ``ImageError`` with a reason a
+  person can act on;
+* ``write_*_atomic`` write through a temporary file in the target folder and an
+  atomic rename, so a final file name never holds a partial file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# Temporary files carry this prefix so a later run can recognise and remove
+# leftovers of a process that was killed with SIGKILL mid-write.
+TEMP_PREFIX = ".abs-tmp-"
+# Default ceiling on decoded pixels; larger files fail with a clear reason instead
+# of exhausting memory (PIL's own bomb check would only warn below 2x its limit).
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+class ImageError(Exception):
+    """An input file that cannot be used; the message names the reason."""
+
+
+@dataclass(frozen=True, order=True)
+class ImageItem:
+    """One image of an ImageFolder: its path relative to the root and its class."""
+
+    rel: PurePosixPath  # e.g. PurePosixPath("cow/0001.jpg")
+    root: Path
+
+    @property
+    def path(self) -> Path:
+        return self.root / Path(self.rel)
+
+    @property
+    def cls(self) -> str:
+        return self.rel.parts[0]
+
+    @property
+    def key(self) -> str:
+        """Relative path without extension: the name every derived file shares."""
+        return str(self.rel.with_suffix(""))
+
+
+@dataclass
+class FolderScan:
+    items: list[ImageItem]
+    classes: list[str]
+    empty_classes: list[str]
+    skipped_files: list[str]  # files that are not images by extension, or loose files at the root
+
+
+def is_image_file(path: Path | PurePosixPath) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def scan_image_folder(root: Path | str, exclude: Sequence[Path | str] = ()) -> FolderScan:
+    """List the images of an ImageFolder in a stable (sorted) order.
+
+    A class is the first folder level under ``root``; images may sit deeper
+    below it. Hidden files and folders, and anything inside ``exclude`` (for
+    example an output folder placed inside the input folder), are left out.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input folder not found: {root}")
+    excluded = [Path(e).resolve() for e in exclude if Path(e).exists()]
+    items: list[ImageItem] = []
+    classes: list[str] = []
+    empty: list[str] = []
+    skipped: list[str] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file():
+            skipped.append(entry.name)
+            continue
+        if not entry.is_dir() or any(_is_inside(entry, e) for e in excluded):
+            continue
+        found = 0
+        for dirpath, dirnames, filenames in os.walk(entry):
+            here = Path(dirpath)
+            dirnames[:] = sorted(
+                d for d in dirnames if not d.startswith(".") and not any(_is_inside(here / d, e) for e in excluded)
+            )
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                rel = PurePosixPath((here / name).relative_to(root).as_posix())
+                if is_image_file(rel):
+                    items.append(ImageItem(rel, root))
+                    found += 1
+                else:
+                    skipped.append(str(rel))
+        if found:
+            classes.append(entry.name)
+        else:
+            empty.append(entry.name)
+    items.sort()
+    return FolderScan(items=items, classes=classes, empty_classes=empty, skipped_files=skipped)
+
+
+def mirror_path(out_root: Path, rel: PurePosixPath | str, suffix: str | None = None) -> Path:
+    """The output path for an input's relative path, optionally with a new suffix."""
+    rel = PurePosixPath(rel)
+    if suffix is not None:
+        rel = rel.with_suffix(suffix)
+    return Path(out_root) / Path(rel)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> HxWx3 uint8 RGB. 16-bit and float images are rescaled, not clipped."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img)
+        if mode == "F":
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+            scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        elif mode == "I" and arr.max(initial=0) <= 255:
+            scaled = arr
+        else:  # 16-bit range
+            scaled = arr.astype(np.float64) / 257.0
+        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Flatten transparency onto black: the pixels of a cut-out keep their colour.
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # L, 1, P, CMYK (PIL applies the inversion), YCbCr, LAB, HSV
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as an HxWx3 uint8 RGB array, honouring EXIF orientation.
+
+    Raises ``ImageError`` with a readable reason for empty, truncated, corrupt,
+    non-image and oversized files.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageError(f"image too large: {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})")
+                img.load()
+                # 16-bit 48/64-bit colour PNGs arrive from PIL already reduced to 8 bits.
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image too large: {exc}") from exc
+    except Image.DecompressionBombWarning as exc:
+        raise ImageError(f"image too large: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError("not an image, or a format PIL cannot read") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        text = str(exc)
+        if "truncated" in text.lower():
+            raise ImageError("truncated file (image data ends early)") from exc
+        raise ImageError(f"corrupt image: {text}") from exc
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) after EXIF rotation, read from the header only."""
+    with Image.open(path) as img:
+        w, h = img.size
+        orientation = img.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a single-channel mask PNG as float32 in [0, 1] (value / 255).
+
+    With ``expected_hw`` a size mismatch raises ``ImageError`` naming both sizes.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"mask missing: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img).astype(np.float32) / 65535.0
+            else:
+                arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"unreadable mask {path.name}: {exc}") from exc
+    if expected_hw is not None and arr.shape != tuple(expected_hw):
+        raise ImageError(
+            f"mask size {arr.shape[1]}x{arr.shape[0]} does not match image size {expected_hw[1]}x{expected_hw[0]}"
+        )
+    return arr
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_bytes_atomic(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is either absent or complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def encode_image(array: np.ndarray, fmt: str, quality: int = 95) -> bytes:
+    """Encode an RGB (HxWx3) or gray (HxW) uint8 array; fmt is a suffix like '.png'."""
+    fmt = fmt.lower().lstrip(".")
+    pil_format = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}
+    if fmt not in pil_format:
+        raise ValueError(f"unsupported output format: {fmt}")
+    img = Image.fromarray(np.ascontiguousarray(array))
+    buf = io.BytesIO()
+    kwargs: dict = {}
+    if pil_format[fmt] in ("JPEG", "WEBP"):
+        kwargs["quality"] = quality
+    if pil_format[fmt] == "PNG":
+        kwargs["compress_level"] = 6
+    img.save(buf, format=pil_format[fmt], **kwargs)
+    return buf.getvalue()
+
+
+def write_image_atomic(path: Path | str, array: np.ndarray, quality: int = 95) -> None:
+    """Encode by the path's suffix and write atomically."""
+    path = Path(path)
+    write_bytes_atomic(path, encode_image(array, path.suffix, quality=quality))
+
+
+def write_mask_atomic(path: Path | str, mask: np.ndarray) -> None:
+    """Write a mask as a single-channel 8-bit PNG. Float input in [0, 1] is scaled to 0..255."""
+    if mask.dtype != np.uint8:
+        mask = np.clip(np.rint(np.asarray(mask, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    write_bytes_atomic(path, encode_image(mask, ".png"))
+
+
+def remove_stale_temp_files(folder: Path | str) -> int:
+    """Delete temp files a killed run left behind below ``folder``; returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for tmp in folder.rglob(TEMP_PREFIX + "*"):
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+# --------------------------------------------------------------------------- previews
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, outline=(255, 230, 0)) -> np.ndarray:
+    """Preview of a soft mask (in [0, 1]): background dimmed, the 0.5 contour drawn in yellow."""
+    import cv2
+
+    alpha = np.clip(mask, 0, 1)[:, :, None]
+    shown = image.astype(np.float32) * (0.3 + 0.7 * alpha)
+    out = np.clip(shown, 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours((mask >= 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, outline, max(1, round(max(mask.shape) / 160)))
+    return out
+
+
+def preview_grid(tiles: Iterable[np.ndarray], tile_size: int = 160, columns: int = 6, gap: int = 4) -> np.ndarray:
+    """Lay RGB tiles (each scaled to fit a square ``tile_size`` cell) out in a grid."""
+    tiles = list(tiles)
+    if not tiles:
+        raise ValueError("no tiles for the preview")
+    rows = (len(tiles) + columns - 1) // columns
+    cols = min(columns, len(tiles))
+    canvas = np.full((rows * (tile_size + gap) + gap, cols * (tile_size + gap) + gap, 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        h, w = tile.shape[:2]
+        scale = tile_size / max(h, w)
+        img = Image.fromarray(tile).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+        arr = np.asarray(img)
+        r, c = divmod(i, columns)
+        y = gap + r * (tile_size + gap) + (tile_size - arr.shape[0]) // 2
+        x = gap + c * (tile_size + gap) + (tile_size - arr.shape[1]) // 2
+        canvas[y : y + arr.shape[0], x : x + arr.shape[1]] = arr
+    return canvas

@@ -1,0 +1,366 @@
+"""Patch labels: the LABELS format, importers and the reference ``masks.csv`` exporter.
+
+LABELS/<class>/<name>.png is a P x P uint8 grid: 255 foreground, 0 background,
+128 not labelled. Grid cell (i, j) covers rows i*H/P .. (i+1)*H/P and columns
+j*W/P .. (j+1)*W/P of the (EXIF-rotated) image, whatever its aspect ratio.
+LABELS/labels.json records the grid size and how the labels were made.
+
+Importers turn other annotations into grids:
+
+* ``--from-masks DIR``  pixel masks mirroring DATA (a patch is foreground when the
+  mean of its pixels is at least ``threshold``);
+* ``--from-csv FILE``   the reference implementation's ``info,mask`` rows (mask: P*P
+  characters '0'/'1', row-major, '1' = foreground);
+* ``--from-coco FILE``  COCO instances JSON (polygons, uncompressed and compressed RLE);
+  all annotations of an image together form its foreground.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .engine import Step, StepError
+from .images import IMAGE_EXTENSIONS, ImageError, ImageItem, image_size, read_mask, write_bytes_atomic, write_mask_atomic
+
+FOREGROUND, BACKGROUND, UNLABELLED = 255, 0, 128
+LABELS_INFO = "labels.json"
+DEFAULT_GRID = 16
+
+
+@dataclass
+class LabelsInfo:
+    grid: int = DEFAULT_GRID
+    source: str = ""
+    method: str = ""
+    threshold: float | None = None
+    count: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def write_labels_info(labels_dir: Path, info: LabelsInfo) -> None:
+    write_bytes_atomic(Path(labels_dir) / LABELS_INFO, (json.dumps(asdict(info), indent=2) + "\n").encode())
+
+
+def read_labels_info(labels_dir: Path) -> LabelsInfo:
+    path = Path(labels_dir) / LABELS_INFO
+    if not path.exists():
+        return LabelsInfo()
+    data = json.loads(path.read_text())
+    known = {k: data[k] for k in LabelsInfo.__dataclass_fields__ if k in data}
+    return LabelsInfo(**known)
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def grid_from_mask(mask: np.ndarray, grid: int, threshold: float = 0.25) -> np.ndarray:
+    """Pixel mask in [0, 1] -> P x P grid (255 where the patch's mean >= threshold, else 0)."""
+    fraction = cv2.resize(np.asarray(mask, np.float32), (grid, grid), interpolation=cv2.INTER_AREA)
+    return np.where(fraction >= threshold - 1e-6, FOREGROUND, BACKGROUND).astype(np.uint8)
+
+
+def write_grid(path: Path, grid: np.ndarray) -> None:
+    write_mask_atomic(path, np.asarray(grid, np.uint8))
+
+
+def read_grid(path: Path, grid: int | None = None) -> np.ndarray:
+    """Read a label grid; values other than 0/255 count as not labelled (128)."""
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("L"), dtype=np.uint8)
+    if arr.shape[0] != arr.shape[1] or (grid is not None and arr.shape[0] != grid):
+        want = f"{grid}x{grid}" if grid else "square"
+        raise ImageError(f"label grid {path.name} is {arr.shape[1]}x{arr.shape[0]}, expected {want}")
+    out = np.full(arr.shape, UNLABELLED, np.uint8)
+    out[arr >= 192] = FOREGROUND
+    out[arr <= 63] = BACKGROUND
+    return out
+
+
+def grid_to_string(grid: np.ndarray) -> str:
+    """Reference format: row-major '1' foreground / '0' background (unlabelled -> '0')."""
+    return "".join("1" if v == FOREGROUND else "0" for v in np.asarray(grid).ravel())
+
+
+def grid_from_string(text: str, grid: int | None = None) -> np.ndarray:
+    text = text.strip()
+    p = grid or int(round(math.sqrt(len(text))))
+    if p * p != len(text):
+        raise ValueError(f"mask string has {len(text)} characters, not {p}x{p}")
+    if set(text) - {"0", "1"}:
+        raise ValueError("mask string may only hold '0' and '1'")
+    return np.frombuffer(text.encode(), np.uint8).reshape(p, p).copy().__eq__(ord("1")).astype(np.uint8) * FOREGROUND
+
+
+def label_path(labels_dir: Path, item: ImageItem | str) -> Path:
+    key = item.key if isinstance(item, ImageItem) else str(PurePosixPath(item).with_suffix(""))
+    return Path(labels_dir) / f"{key}.png"
+
+
+def labelled_items(labels_dir: Path, items: Sequence[ImageItem]) -> list[ImageItem]:
+    """The items of DATA that have a grid in LABELS."""
+    return [it for it in items if label_path(labels_dir, it).exists()]
+
+
+def select_stratified(keys: Sequence[str], count: int, seed: int = 0) -> list[str]:
+    """Choose ``count`` keys ('class/...') spread evenly over classes, reproducibly."""
+    by_class: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        by_class.setdefault(str(key).split("/")[0], []).append(key)
+    rng = random.Random(seed)
+    for members in by_class.values():
+        rng.shuffle(members)
+    chosen: list[str] = []
+    queues = [by_class[c] for c in sorted(by_class)]
+    while len(chosen) < count and any(queues):
+        for q in queues:
+            if q and len(chosen) < count:
+                chosen.append(q.pop())
+    return sorted(chosen)
+
+
+# --------------------------------------------------------------------------- COCO
+
+
+def decode_coco_rle(counts: str | list[int], h: int, w: int) -> np.ndarray:
+    """COCO RLE (compressed string or list of run lengths, column-major) -> HxW uint8 0/1."""
+    if isinstance(counts, (bytes, str)):
+        s = counts.encode() if isinstance(counts, str) else counts
+        runs: list[int] = []
+        p = 0
+        while p < len(s):
+            x, k, more = 0, 0, True
+            while more:
+                c = s[p] - 48
+                x |= (c & 0x1F) << (5 * k)
+                more = bool(c & 0x20)
+                p += 1
+                k += 1
+                if not more and (c & 0x10):
+                    x |= -1 << (5 * k)
+            if len(runs) > 2:
+                x += runs[-2]
+            runs.append(x)
+    else:
+        runs = [int(v) for v in counts]
+    if sum(runs) != h * w:
+        raise ValueError(f"RLE covers {sum(runs)} pixels, the image has {h * w}")
+    flat = np.zeros(h * w, np.uint8)
+    pos, value = 0, 0
+    for run in runs:
+        if value:
+            flat[pos : pos + run] = 1
+        pos += run
+        value ^= 1
+    return flat.reshape(w, h).T.copy()
+
+
+def coco_mask(annotations: Iterable[dict], h: int, w: int) -> np.ndarray:
+    """Union of an image's COCO segmentations -> HxW float mask in {0, 1}."""
+    mask = np.zeros((h, w), np.uint8)
+    for ann in annotations:
+        seg = ann.get("segmentation")
+        if isinstance(seg, list):
+            for poly in seg:
+                pts = np.asarray(poly, np.float64).reshape(-1, 2)
+                if len(pts) >= 3:
+                    cv2.fillPoly(mask, [np.rint(pts * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+        elif isinstance(seg, dict) and "counts" in seg:
+            rh, rw = seg.get("size", [h, w])
+            part = decode_coco_rle(seg["counts"], int(rh), int(rw))
+            if part.shape != (h, w):
+                raise ValueError(f"RLE size {rw}x{rh} differs from the image entry {w}x{h}")
+            mask |= part
+    return mask.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class _Matcher:
+    """Maps names found in annotation files to DATA items: 'cls/name.jpg', 'cls/name', 'name.jpg' or 'name'."""
+
+    def __init__(self, items: Sequence[ImageItem]):
+        self.by_key: dict[str, ImageItem] = {}
+        ambiguous: set[str] = set()
+        for it in items:
+            for k in (str(it.rel), it.key):
+                self.by_key[k.lower()] = it
+            for k in (it.rel.name, it.rel.stem):
+                k = k.lower()
+                if k in self.by_key and self.by_key[k] is not it:
+                    ambiguous.add(k)
+                self.by_key.setdefault(k, it)
+        for k in ambiguous:
+            self.by_key.pop(k, None)
+
+    def find(self, name: str) -> ImageItem | None:
+        name = str(name).replace("\\", "/").strip().lstrip("./").lower()
+        hit = self.by_key.get(name)
+        if hit is None and "/" in name:  # absolute or longer paths: try the tail
+            parts = name.split("/")
+            for n in range(min(len(parts), 3), 0, -1):
+                hit = self.by_key.get("/".join(parts[-n:]))
+                if hit is not None:
+                    break
+        return hit
+
+
+@dataclass
+class LabelSource:
+    """Where grids come from: one of the importers. ``available`` lists the items it can label."""
+
+    method: str
+    source: str
+    grid: int
+    threshold: float = 0.25
+    masks_dir: Path | None = None
+    rows: dict[str, str] = field(default_factory=dict)  # item rel -> '0'/'1' string (csv)
+    coco: dict[str, tuple[int, int, list]] = field(default_factory=dict)  # item rel -> (h, w, annotations)
+    available: list[ImageItem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def grid_for(self, item: ImageItem) -> np.ndarray:
+        if self.method == "from-masks":
+            path = _find_mask_file(self.masks_dir, item)
+            with Image.open(path) as img:
+                raw = np.asarray(img.convert("L"), dtype=np.float32)
+            mask = raw if raw.max(initial=0) <= 1 else raw / 255.0
+            w, h = image_size(item.path)
+            if mask.shape != (h, w):
+                raise ImageError(f"mask {path.name} is {mask.shape[1]}x{mask.shape[0]}, image is {w}x{h}")
+            return grid_from_mask(mask, self.grid, self.threshold)
+        if self.method == "from-csv":
+            return grid_from_string(self.rows[str(item.rel)], self.grid)
+        if self.method == "from-coco":
+            h, w, anns = self.coco[str(item.rel)]
+            iw, ih = image_size(item.path)
+            if (ih, iw) != (h, w):
+                raise ImageError(f"COCO says {w}x{h}, the image is {iw}x{ih}")
+            return grid_from_mask(coco_mask(anns, h, w), self.grid, self.threshold)
+        raise ValueError(self.method)
+
+
+def _find_mask_file(masks_dir: Path, item: ImageItem) -> Path | None:
+    for ext in (".png", *sorted(IMAGE_EXTENSIONS - {".png"})):
+        for cand in (Path(masks_dir) / f"{item.key}{ext}", Path(masks_dir) / f"{item.key}{ext.upper()}"):
+            if cand.exists():
+                return cand
+    return None
+
+
+def source_from_masks(masks_dir: Path, items: Sequence[ImageItem], grid: int, threshold: float) -> LabelSource:
+    masks_dir = Path(masks_dir)
+    if not masks_dir.is_dir():
+        raise StepError(f"--from-masks: folder not found: {masks_dir}")
+    src = LabelSource("from-masks", str(masks_dir), grid, threshold, masks_dir=masks_dir)
+    src.available = [it for it in items if _find_mask_file(masks_dir, it) is not None]
+    return src
+
+
+def source_from_csv(csv_path: Path, items: Sequence[ImageItem], grid: int | None) -> LabelSource:
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise StepError(f"--from-csv: file not found: {csv_path}")
+    matcher = _Matcher(items)
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"info", "mask"} <= {f.strip() for f in reader.fieldnames}:
+            raise StepError(f"--from-csv: {csv_path} needs the columns 'info,mask' (found {reader.fieldnames})")
+        rows = [{k.strip(): (v or "") for k, v in row.items() if k} for row in reader]
+    if not rows:
+        raise StepError(f"--from-csv: {csv_path} has no rows")
+    lengths = {len(r["mask"].strip()) for r in rows}
+    p = grid or int(round(math.sqrt(max(lengths))))
+    src = LabelSource("from-csv", str(csv_path), p)
+    unmatched = []
+    for r in rows:
+        item = matcher.find(r["info"])
+        if item is None:
+            unmatched.append(r["info"])
+            continue
+        src.rows[str(item.rel)] = r["mask"]
+        src.available.append(item)
+    if unmatched:
+        src.warnings.append(f"{len(unmatched)} row(s) of {csv_path.name} name no image in DATA: {', '.join(unmatched[:5])}")
+    return src
+
+
+def source_from_coco(json_path: Path, items: Sequence[ImageItem], grid: int, threshold: float) -> LabelSource:
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise StepError(f"--from-coco: file not found: {json_path}")
+    try:
+        data = json.loads(json_path.read_text())
+        images = {im["id"]: im for im in data["images"]}
+        anns: dict = {}
+        for a in data.get("annotations", []):
+            anns.setdefault(a["image_id"], []).append(a)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StepError(f"--from-coco: {json_path} is not a COCO instances file: {exc}") from exc
+    matcher = _Matcher(items)
+    src = LabelSource("from-coco", str(json_path), grid, threshold)
+    unmatched = []
+    for image_id, im in images.items():
+        item = matcher.find(im["file_name"])
+        if item is None:
+            unmatched.append(im["file_name"])
+            continue
+        src.coco[str(item.rel)] = (int(im["height"]), int(im["width"]), anns.get(image_id, []))
+        src.available.append(item)
+    if unmatched:
+        src.warnings.append(f"{len(unmatched)} image(s) of {json_path.name} are not in DATA: {', '.join(unmatched[:5])}")
+    return src
+
+
+# --------------------------------------------------------------------------- the import step
+
+
+class LabelImportStep(Step):
+    """Writes LABELS/<class>/<name>.png for each item the source can label."""
+
+    name = "label"
+
+    def __init__(self, source: LabelSource, out_dir: Path):
+        self.source = source
+        self.out_dir = Path(out_dir)
+
+    def outputs(self, item: ImageItem) -> list[Path]:
+        return [label_path(self.out_dir, item)]
+
+    def load(self, item: ImageItem) -> np.ndarray:
+        return self.source.grid_for(item)
+
+    def write(self, item: ImageItem, grid: np.ndarray) -> None:
+        write_grid(label_path(self.out_dir, item), grid)
+
+    def record(self) -> dict:
+        return {"method": self.source.method, "source": self.source.source, "grid": self.source.grid, "threshold": self.source.threshold}
+
+
+def export_csv(labels_dir: Path, items: Sequence[ImageItem], csv_path: Path, grid: int | None = None) -> tuple[int, int]:
+    """Write the reference ``info,mask`` CSV for every labelled item; returns (rows, unlabelled patches written as 0)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["info", "mask"])
+    rows = unlabelled = 0
+    for item in items:
+        path = label_path(labels_dir, item)
+        if not path.exists():
+            continue
+        g = read_grid(path, grid)
+        unlabelled += int((g == UNLABELLED).sum())
+        writer.writerow([str(item.rel), grid_to_string(g)])
+        rows += 1
+    write_bytes_atomic(Path(csv_path), buf.getvalue().encode())
+    return rows, unlabelled

@@ -1,0 +1,1 @@
+"""The secondary network: backbone registry + per-patch head (model), training (train), inference (predict)."""

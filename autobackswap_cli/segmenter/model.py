@@ -1,0 +1,230 @@
+"""The secondary network: a backbone from a registry plus a per-patch head on the P x P grid.
+
+Adding a backbone is one ``register`` call: a function that builds a feature
+extractor at stride ``stride`` (optionally loading ImageNet weights), and the
+input size per patch. Pretrained weights are opt-in and never downloaded
+silently: ``--pretrained`` goes through torchvision's cache (a download happens
+only if the network allows; otherwise a clear error), ``--weights FILE`` loads a
+local state dict.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine import StepError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECKPOINT_FORMAT = "autobackswap-segmenter"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    build: Callable[[], nn.Module]  # the full torchvision model (or our own), random init
+    truncate: Callable[[nn.Module], nn.Module]  # full model -> feature extractor at `stride`
+    stride: int
+    torchvision_name: str | None  # for torchvision's weight registry; None = our own, no pretrained weights
+    description: str
+
+
+BACKBONES: dict[str, Backbone] = {}
+
+
+def register(backbone: Backbone) -> None:
+    BACKBONES[backbone.name] = backbone
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    """A ~0.3M-parameter CNN at stride 8, trained from scratch in minutes on a CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn(3, 32, stride=2),
+            _conv_bn(32, 32),
+            _conv_bn(32, 64, stride=2),
+            _conv_bn(64, 64),
+            _conv_bn(64, 96, stride=2),
+            _conv_bn(96, 96, dilation=2),
+            _conv_bn(96, 96, dilation=4),
+            _conv_bn(96, 96, dilation=8),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def _tv(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+
+    return build
+
+
+def _resnet_trunk(m: nn.Module) -> nn.Module:
+    return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3)
+
+
+register(Backbone("small-cnn", SmallCNN, lambda m: m, 8, None, "small CNN from scratch (offline default, CPU friendly)"))
+register(Backbone("efficientnet_b0", _tv("efficientnet_b0"), lambda m: m.features[:6], 16, "efficientnet_b0", "EfficientNet-B0 (the paper's choice)"))
+register(Backbone("resnet18", _tv("resnet18"), _resnet_trunk, 16, "resnet18", "ResNet-18"))
+register(Backbone("resnet50", _tv("resnet50"), _resnet_trunk, 16, "resnet50", "ResNet-50"))
+register(Backbone("mobilenet_v3_large", _tv("mobilenet_v3_large"), lambda m: m.features[:13], 16, "mobilenet_v3_large", "MobileNetV3-Large"))
+
+
+class PatchSegmenter(nn.Module):
+    """Backbone features -> P x P grid -> foreground logit per patch (B x P x P)."""
+
+    def __init__(self, backbone: str, grid: int, features: nn.Module | None = None) -> None:
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise StepError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        spec = BACKBONES[backbone]
+        self.backbone_name = backbone
+        self.grid = grid
+        self.features = features if features is not None else spec.truncate(spec.build())
+        with torch.no_grad():
+            was_training = self.features.training
+            self.features.eval()
+            channels = self.features(torch.zeros(1, 3, 64, 64)).shape[1]
+            self.features.train(was_training)
+        self.head = nn.Sequential(
+            _conv_bn(channels, 96),
+            _conv_bn(96, 96),
+            nn.Conv2d(96, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        if f.shape[-2:] != (self.grid, self.grid):
+            f = F.adaptive_avg_pool2d(f, self.grid) if min(f.shape[-2:]) >= self.grid else F.interpolate(
+                f, size=(self.grid, self.grid), mode="bilinear", align_corners=False
+            )
+        return self.head(f)[:, 0]
+
+
+def default_image_size(backbone: str, grid: int) -> int:
+    """Input side so that the backbone's stride gives exactly one feature per patch."""
+    return BACKBONES[backbone].stride * grid
+
+
+def build_segmenter(backbone: str, grid: int, pretrained: bool = False, weights: Path | None = None) -> PatchSegmenter:
+    """A fresh segmenter; ImageNet weights only when asked for (``pretrained`` or a local ``weights`` file)."""
+    if backbone not in BACKBONES:
+        raise StepError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    spec = BACKBONES[backbone]
+    full = spec.build()
+    if pretrained or weights:
+        if spec.torchvision_name is None and pretrained:
+            raise StepError(f"backbone {backbone} has no pretrained weights; it is trained from scratch")
+        state = _load_state_dict(weights) if weights else _torchvision_state_dict(spec)
+        missing, unexpected = full.load_state_dict(state, strict=False)
+        matched = len(full.state_dict()) - len(missing)
+        if matched < 0.9 * len(full.state_dict()):
+            raise StepError(
+                f"weights do not fit {backbone}: {len(missing)} of {len(full.state_dict())} tensors missing "
+                f"(e.g. {', '.join(list(missing)[:3])}); {len(unexpected)} unexpected"
+            )
+    return PatchSegmenter(backbone, grid, features=spec.truncate(full))
+
+
+def _load_state_dict(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise StepError(f"--weights: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise StepError(f"--weights: cannot read {path} as a PyTorch state dict: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise StepError(f"--weights: {path} does not hold a state dict")
+    return state
+
+
+def _torchvision_state_dict(spec: Backbone) -> dict:
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(spec.torchvision_name).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as exc:
+        raise StepError(
+            f"--pretrained: ImageNet weights for {spec.name} are not in torch's cache ({cached}) and could not be "
+            f"downloaded ({type(exc).__name__}: {exc}). Put the file there, pass a local state dict with "
+            f"--weights FILE, or train without --pretrained (the default small-cnn needs no weights)."
+        ) from exc
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, model: PatchSegmenter, image_size: int, options: dict, metrics: dict, extra: dict | None = None) -> None:
+    """One file with everything ``segment`` needs (written atomically)."""
+    from .. import __version__
+    from ..images import write_bytes_atomic
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "package_version": __version__,
+        "backbone": model.backbone_name,
+        "grid": model.grid,
+        "image_size": image_size,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "options": options,
+        "metrics": metrics,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **(extra or {}),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load and check a segmenter checkpoint's contents (weights stay on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StepError(f"segmenter checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise StepError(f"cannot read segmenter checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise StepError(f"{path} is not an autobackswap segmenter (made by `autobackswap train-segmenter`)")
+    if ckpt.get("backbone") not in BACKBONES:
+        raise StepError(f"{path} uses backbone {ckpt.get('backbone')!r}, unknown to this version")
+    return ckpt
+
+
+def load_segmenter(path: Path) -> tuple[PatchSegmenter, dict]:
+    """(model in eval mode on the CPU, checkpoint metadata without the weights)."""
+    ckpt = read_checkpoint(path)
+    model = PatchSegmenter(ckpt["backbone"], int(ckpt["grid"]))
+    model.load_state_dict(ckpt.pop("state_dict"))
+    model.eval()
+    return model, ckpt

@@ -1,0 +1,206 @@
+"""``segment``: soft foreground masks at full image resolution, through the engine.
+
+Workers decode and resize (``load``), the main process runs the model on batches
+(``compute``), workers upsample the P x P probabilities smoothly to the image
+size, optionally snap edges to the image (``--refine``), and write the PNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..engine import RunReport, Step, StepError, console
+from ..images import ImageItem, mirror_path, overlay_mask, preview_grid, read_image, read_mask, write_image_atomic, write_mask_atomic
+
+REFINE_METHODS = ("none", "guided", "grabcut")
+
+
+def upsample_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """P x P patch probabilities -> H x W, bilinear between patch centres (smooth, no blocks)."""
+    return np.clip(cv2.resize(probs.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter with a grayscale guide: edges of ``guide`` carried into ``src``."""
+    g = cv2.cvtColor(guide, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0 if guide.ndim == 3 else guide.astype(np.float32)
+    ksize = (2 * radius + 1, 2 * radius + 1)
+
+    def box(a: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(a, -1, ksize, borderType=cv2.BORDER_REFLECT)
+
+    mean_g, mean_s = box(g), box(src)
+    cov = box(g * src) - mean_g * mean_s
+    var = box(g * g) - mean_g * mean_g
+    a = cov / (var + eps)
+    b = mean_s - a * mean_g
+    return np.clip(box(a) * g + box(b), 0, 1)
+
+
+def refine_mask(image: np.ndarray, soft: np.ndarray, method: str, cell: float) -> np.ndarray:
+    """Snap a soft mask's edges to the image. ``cell`` is the patch size in pixels."""
+    if method == "none":
+        return soft
+    if method == "guided":
+        return guided_filter(image, soft, radius=max(2, int(round(cell))), eps=1e-3)
+    if method == "grabcut":
+        trimap = np.full(soft.shape, cv2.GC_PR_BGD, np.uint8)
+        trimap[soft >= 0.5] = cv2.GC_PR_FGD
+        trimap[soft >= 0.9] = cv2.GC_FGD
+        trimap[soft <= 0.05] = cv2.GC_BGD
+        if not (trimap == cv2.GC_FGD).any() and not (trimap == cv2.GC_PR_FGD).any():
+            return soft
+        if not ((trimap == cv2.GC_BGD) | (trimap == cv2.GC_PR_BGD)).any():
+            return soft
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), trimap, None, bgd, fgd, 3, cv2.GC_INIT_WITH_MASK)
+        hard = np.isin(trimap, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
+        # Keep a soft edge: blend the hard cut with the model where GrabCut was unsure.
+        return np.clip(cv2.GaussianBlur(hard, (0, 0), 1.0), 0, 1)
+    raise StepError(f"--refine must be one of {', '.join(REFINE_METHODS)}; got {method!r}")
+
+
+@dataclass
+class SegmentOptions:
+    device: str = "auto"
+    refine: str = "guided"
+    precision: str = "auto"  # auto: fp16 on CUDA, fp32 elsewhere
+    preview: str | None = None
+    preview_count: int = 24
+    truth: str | None = None  # a folder of ground-truth masks mirroring DATA: report IoU against it
+
+
+class SegmentStep(Step):
+    """MASKS/<class>/<name>.png = P(foreground) * 255 at the image's size."""
+
+    name = "segment"
+
+    def __init__(self, checkpoint: Path, out_dir: Path, options: SegmentOptions):
+        from .model import read_checkpoint
+
+        if options.refine not in REFINE_METHODS:
+            raise StepError(f"--refine must be one of {', '.join(REFINE_METHODS)}; got {options.refine!r}")
+        self.checkpoint = Path(checkpoint)
+        meta = read_checkpoint(self.checkpoint)  # fail early, before workers start
+        self.image_size = int(meta["image_size"])
+        self.grid = int(meta["grid"])
+        self.backbone = meta["backbone"]
+        self.mean = np.asarray(meta["mean"], np.float32)
+        self.std = np.asarray(meta["std"], np.float32)
+        self.out_dir = Path(out_dir)
+        self.options = options
+        self.model = None
+        self.device = None
+        self.dtype = None
+        self.previewed: list[ImageItem] = []
+        self.truth_report: dict | None = None
+
+    def __getstate__(self) -> dict:  # spawned workers never need the model
+        state = dict(self.__dict__)
+        state["model"] = None
+        return state
+
+    def outputs(self, item: ImageItem) -> list[Path]:
+        return [mirror_path(self.out_dir, item.rel, ".png")]
+
+    def setup(self) -> None:
+        import torch
+
+        from ..engine import resolve_device
+        from .model import load_segmenter
+
+        self.device = resolve_device(self.options.device)
+        model, _ = load_segmenter(self.checkpoint)
+        self.model = model.to(self.device)
+        precision = self.options.precision
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self._mean = torch.as_tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.as_tensor(self.std, device=self.device).view(1, 3, 1, 1)
+
+    def load(self, item: ImageItem) -> tuple[np.ndarray, tuple[int, int]]:
+        image = read_image(item.path)
+        small = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(small.transpose(2, 0, 1)), image.shape[:2]
+
+    def compute(self, batch: list[tuple[np.ndarray, tuple[int, int]]]) -> list[tuple[np.ndarray, tuple[int, int]]]:
+        import torch
+
+        x = torch.from_numpy(np.stack([b[0] for b in batch])).to(self.device, non_blocking=True)
+        x = (x.float() / 255.0 - self._mean) / self._std
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            probs = torch.sigmoid(self.model(x).float()).cpu().numpy()
+        return [(p, b[1]) for p, b in zip(probs, batch)]
+
+    def write(self, item: ImageItem, result: tuple[np.ndarray, tuple[int, int]]) -> None:
+        probs, (h, w) = result
+        soft = upsample_probabilities(probs, h, w)
+        if self.options.refine != "none":
+            soft = refine_mask(read_image(item.path), soft, self.options.refine, cell=max(h, w) / self.grid)
+        write_mask_atomic(mirror_path(self.out_dir, item.rel, ".png"), soft)
+
+    def collect(self, item: ImageItem, info: Any) -> None:
+        if len(self.previewed) < self.options.preview_count:
+            self.previewed.append(item)
+
+    def record(self) -> dict:
+        return {
+            "checkpoint": str(self.checkpoint),
+            "backbone": self.backbone,
+            "grid": self.grid,
+            "image_size": self.image_size,
+            "refine": self.options.refine,
+            "device": str(self.device) if self.device else self.options.device,
+            "dtype": str(self.dtype).replace("torch.", "") if self.dtype else None,
+        }
+
+    def results(self) -> dict:
+        return {"iou_against_truth": self.truth_report} if self.truth_report else {}
+
+    def finish(self, report: RunReport, items: list[ImageItem]) -> None:
+        if self.options.preview and self.previewed:
+            write_mask_preview(self.previewed, self.out_dir, Path(self.options.preview))
+        if self.options.truth:
+            self.truth_report = mask_iou_report(items, self.out_dir, Path(self.options.truth))
+            t = self.truth_report
+            if t["images"]:
+                console.print(
+                    f"IoU against {self.options.truth} (mask >= 0.5): mean {t['mean_iou']:.3f}, "
+                    f"worst {t['min_iou']:.3f} over {t['images']} images"
+                )
+
+
+def mask_iou(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
+    """IoU of two masks in [0, 1], each binarised at ``threshold`` (1.0 when both are empty)."""
+    p, t = pred >= threshold, truth >= threshold
+    union = np.logical_or(p, t).sum()
+    return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
+
+
+def mask_iou_report(items: list[ImageItem], masks_dir: Path, truth_dir: Path) -> dict:
+    """Mean and worst IoU of MASKS against ground-truth masks, over items that have both."""
+    ious = []
+    for item in items:
+        pred_path, truth_path = mirror_path(masks_dir, item.rel, ".png"), mirror_path(truth_dir, item.rel, ".png")
+        if pred_path.exists() and truth_path.exists():
+            truth = read_mask(truth_path)
+            ious.append(mask_iou(read_mask(pred_path, truth.shape), truth))
+    if not ious:
+        return {"images": 0, "mean_iou": None, "min_iou": None}
+    return {"images": len(ious), "mean_iou": round(float(np.mean(ious)), 4), "min_iou": round(float(np.min(ious)), 4)}
+
+
+def write_mask_preview(items: list[ImageItem], masks_dir: Path, out_png: Path) -> None:
+    """Overlay grid: each image with its mask tinted red."""
+    tiles = []
+    for item in items:
+        image = read_image(item.path)
+        mask = read_mask(mirror_path(masks_dir, item.rel, ".png"), image.shape[:2])
+        tiles.append(overlay_mask(image, mask))
+    write_image_atomic(out_png, preview_grid(tiles))
+    console.print(f"preview: {out_png}")

@@ -1,0 +1,248 @@
+"""``train-segmenter``: learn per-patch foreground from LABELS.
+
+BCE on labelled patches only (128 = ignore), augmentations that move the labels
+with the image (flips, whole-patch shifts) plus colour jitter, a stratified
+validation split, early stopping on validation IoU, and a checkpoint that holds
+everything ``segment`` needs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..engine import StepError, console, make_progress, prepare_items, resolve_device
+from ..images import ImageError, read_image, write_bytes_atomic
+from ..labels import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
+from .model import IMAGENET_MEAN, IMAGENET_STD, build_segmenter, default_image_size, save_checkpoint
+
+
+@dataclass
+class TrainOptions:
+    backbone: str = "small-cnn"
+    pretrained: bool = False
+    weights: str | None = None
+    image_size: int | None = None  # default: backbone stride x grid
+    epochs: int = 80
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    patience: int = 15
+    seed: int = 0
+    device: str = "auto"
+    hflip: bool = True
+    vflip: bool = False
+    max_shift: int = 2  # in patches
+    colour_jitter: float = 0.25
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    metrics: dict
+    failures: list[dict]
+
+
+def _split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified by class: about ``val_fraction`` of each class goes to validation."""
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_class.setdefault(k.split("/")[0], []).append(i)
+    train, val = [], []
+    for cls in sorted(by_class):
+        idx = by_class[cls][:]
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_fraction)) if len(keys) >= 8 else 0
+        val += idx[:n_val]
+        train += idx[n_val:]
+    return sorted(train), sorted(val)
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor, opts: TrainOptions, grid: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: B x 3 x S x S in [0, 1]; y: B x P x P labels. Geometry moves both; colour only x."""
+    b, _, s, _ = x.shape
+    cell = s // grid
+    x, y = x.clone(), y.clone()
+    for i in range(b):
+        if opts.hflip and torch.rand(1, generator=gen).item() < 0.5:
+            x[i], y[i] = x[i].flip(-1), y[i].flip(-1)
+        if opts.vflip and torch.rand(1, generator=gen).item() < 0.5:
+            x[i], y[i] = x[i].flip(-2), y[i].flip(-2)
+        if opts.max_shift:
+            dy, dx = (int(v) for v in torch.randint(-opts.max_shift, opts.max_shift + 1, (2,), generator=gen))
+            # Rolling moves pixels and their labels together; the seam is the only artefact.
+            x[i] = torch.roll(x[i], shifts=(dy * cell, dx * cell), dims=(-2, -1))
+            y[i] = torch.roll(y[i], shifts=(dy, dx), dims=(-2, -1))
+    if opts.colour_jitter:
+        j = opts.colour_jitter
+        bright = 1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * j
+        contrast = 1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * j
+        sat = 1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * j
+        gray = x.mean(dim=1, keepdim=True)
+        x = gray + (x - gray) * sat
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean
+        x = (x * bright).clamp(0, 1)
+    return x, y
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE over labelled patches only (labels: 255 fg, 0 bg, 128 ignored)."""
+    known = labels != UNLABELLED
+    if not known.any():
+        return logits.sum() * 0
+    target = (labels == FOREGROUND).float()
+    return F.binary_cross_entropy_with_logits(logits[known], target[known])
+
+
+def patch_iou(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    known = labels != UNLABELLED
+    pred = (probs >= 0.5) & known
+    truth = (labels == FOREGROUND) & known
+    union = (pred | truth).sum().item()
+    return 1.0 if union == 0 else (pred & truth).sum().item() / union
+
+
+def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: TrainOptions, progress: bool = True) -> TrainResult:
+    """Train on every labelled image of DATA and save the checkpoint to ``out_path``."""
+    t0 = time.perf_counter()
+    labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        raise StepError(f"labels folder not found: {labels_dir}")
+    info = read_labels_info(labels_dir)
+    items, warnings = prepare_items(Path(data_dir), extra_outputs=[labels_dir])
+    labelled = labelled_items(labels_dir, items)
+    if len(labelled) < 4:
+        raise StepError(f"only {len(labelled)} labelled image(s) of {data_dir} found in {labels_dir}; label at least a few dozen")
+    grid = info.grid
+    size = opts.image_size or default_image_size(opts.backbone, grid)
+    if size % grid:
+        raise StepError(f"--image-size {size} must be a multiple of the grid size {grid}")
+    device = resolve_device(opts.device)
+    torch.manual_seed(opts.seed)
+    gen = torch.Generator().manual_seed(opts.seed)
+
+    images, grids, keys, failures = [], [], [], []
+    with make_progress(transient=True, enabled=progress) as bar:
+        task = bar.add_task("reading labelled images", total=len(labelled), status="")
+        for item in labelled:
+            try:
+                img = read_image(item.path)
+                g = read_grid(label_path(labels_dir, item), grid)
+                images.append(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
+                grids.append(g)
+                keys.append(item.key)
+            except ImageError as exc:
+                failures.append({"item": str(item.rel), "reason": str(exc)})
+                console.print(f"[red]skipped[/] {item.rel}: {exc}")
+            bar.advance(task)
+    x_all = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # uint8, N x 3 x S x S
+    y_all = torch.from_numpy(np.stack(grids))
+    train_idx, val_idx = _split(keys, opts.val_fraction, opts.seed)
+    if not val_idx:
+        console.print("[yellow]warning:[/] too few labelled images for a validation split; early stopping uses the training loss")
+
+    model = build_segmenter(opts.backbone, grid, pretrained=opts.pretrained, weights=Path(opts.weights) if opts.weights else None)
+    model.to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    steps_per_epoch = max(1, (len(train_idx) + opts.batch_size - 1) // opts.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=opts.lr, total_steps=opts.epochs * steps_per_epoch, pct_start=0.15)
+
+    def evaluate(idx: list[int]) -> tuple[float, float]:
+        model.eval()
+        losses, probs = [], []
+        with torch.no_grad():
+            for start in range(0, len(idx), 64):
+                sel = idx[start : start + 64]
+                xb = _normalise(x_all[sel].to(device).float() / 255)
+                logits = model(xb).float().cpu()
+                losses.append(masked_bce(logits, y_all[sel]).item() * len(sel))
+                probs.append(torch.sigmoid(logits))
+        return sum(losses) / len(idx), patch_iou(torch.cat(probs), y_all[idx])
+
+    best = {"epoch": -1, "val_iou": -1.0, "val_loss": float("inf")}
+    best_state = None
+    history = []
+    stale = 0
+    with make_progress(enabled=progress) as bar:
+        task = bar.add_task("train-segmenter", total=opts.epochs, status="")
+        for epoch in range(opts.epochs):
+            model.train()
+            order = torch.randperm(len(train_idx), generator=gen).tolist()
+            total = 0.0
+            for start in range(0, len(order), opts.batch_size):
+                sel = [train_idx[i] for i in order[start : start + opts.batch_size]]
+                xb, yb = _augment(x_all[sel].float() / 255, y_all[sel], opts, grid, gen)
+                logits = model(_normalise(xb.to(device)))
+                loss = masked_bce(logits.float(), yb.to(device))
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                total += loss.item() * len(sel)
+            train_loss = total / len(train_idx)
+            if val_idx:
+                val_loss, val_iou = evaluate(val_idx)
+            else:
+                val_loss, val_iou = train_loss, float("nan")
+            history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "val_iou": round(val_iou, 5)})
+            improved = (val_iou > best["val_iou"] + 1e-4) or (
+                abs(val_iou - best["val_iou"]) <= 1e-4 and val_loss < best["val_loss"]
+            ) if val_idx else val_loss < best["val_loss"]
+            if improved:
+                best = {"epoch": epoch + 1, "val_iou": val_iou, "val_loss": val_loss}
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                stale = 0
+            else:
+                stale += 1
+            bar.update(
+                task,
+                advance=1,
+                status=f"loss {train_loss:.3f} · val loss {val_loss:.3f} · val IoU {val_iou:.3f} · best {best['val_iou']:.3f} @ {best['epoch']}",
+            )
+            if stale >= opts.patience:
+                bar.update(task, total=epoch + 1)
+                break
+
+    model.load_state_dict(best_state)
+    metrics = {
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "val_patch_iou": round(best["val_iou"], 5) if val_idx else None,
+        "val_loss": round(best["val_loss"], 5),
+        "train_images": len(train_idx),
+        "val_images": len(val_idx),
+        "history": history,
+    }
+    options = {**asdict(opts), "device_used": str(device), "grid": grid, "image_size": size}
+    extra = {"labels": {"dir": str(labels_dir), "grid": grid, "method": info.method}, "val_items": [keys[i] for i in val_idx]}
+    out_path = Path(out_path)
+    save_checkpoint(out_path, model.cpu(), size, options, metrics, extra=extra)
+    record = {
+        "step": "train-segmenter",
+        "checkpoint": str(out_path),
+        "options": options,
+        "metrics": {k: v for k, v in metrics.items() if k != "history"},
+        "counts": {"labelled": len(labelled), "used": len(keys), "failed": len(failures)},
+        "failures": failures,
+        "warnings": warnings,
+        "wall_time_s": round(time.perf_counter() - t0, 2),
+    }
+    write_bytes_atomic(out_path.with_name(out_path.name + ".json"), (json.dumps(record, indent=2) + "\n").encode())
+    return TrainResult(out_path, metrics, failures)

@@ -1,0 +1,57 @@
+"""Shared fixtures: small datasets made by the package's own generator, tiny models built locally."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autobackswap_cli.cli import app
+from autobackswap_cli.sample_data import SampleSpec, generate
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "sample_data"
+
+
+@pytest.fixture(scope="session")
+def small_sample(tmp_path_factory) -> Path:
+    """A tiny sample set: 64 px images, 8 per class for training, 2 per test group, 12 labelled."""
+    out = tmp_path_factory.mktemp("small_sample")
+    generate(out, SampleSpec(seed=3, size=64, train_per_class=8, test_per_group=2, labelled=12, grid=8))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight small-cnn segmenter for 8x8 grids at 64 px, saved the way train-segmenter saves."""
+    import torch
+
+    from autobackswap_cli.segmenter.model import build_segmenter, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, build_segmenter("small-cnn", 8), image_size=64, options={}, metrics={})
+    return path
+
+
+def cli(*args: str, expect: int | None = 0):
+    """Run the CLI in-process; assert the exit code when ``expect`` is given."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if expect is not None:
+        assert result.exit_code == expect, f"exit {result.exit_code}, expected {expect}\n{result.output}\n{result.exception!r}"
+    return result
+
+
+def cli_subprocess(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m autobackswap_cli`` in a child process (for signals and real exit codes)."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "autobackswap_cli", *map(str, args)], capture_output=True, text=True, env=full_env, **kwargs)
+
+
+def run_record(folder: Path) -> dict:
+    return json.loads((Path(folder) / "autobackswap.json").read_text())

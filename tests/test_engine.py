@@ -1,0 +1,149 @@
+"""engine.py: sharding, skip-finished, workers, batching, failures, run record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from autobackswap_cli.engine import FailFast, RunOptions, Shard, Step, StepError, parse_shard, prepare_items, run_step, shard_from_env
+from autobackswap_cli.images import ImageItem, mirror_path, read_image, write_image_atomic
+
+
+class InvertStep(Step):
+    """Writes the negative of each image; ``compute`` batches, to exercise the batched path."""
+
+    name = "invert"
+
+    def __init__(self, out_dir: Path, batched: bool):
+        self.out_dir = Path(out_dir)
+        self.batch_sizes: list[int] = []
+        if batched:
+            self.compute = self._compute
+
+    def outputs(self, item):
+        return [mirror_path(self.out_dir, item.rel, ".png")]
+
+    def load(self, item):
+        return read_image(item.path)
+
+    def _compute(self, batch):
+        self.batch_sizes.append(len(batch))
+        return [255 - img for img in batch]
+
+    def write(self, item, result):
+        if not hasattr(self, "compute") or self.compute is None:
+            result = 255 - result
+        write_image_atomic(mirror_path(self.out_dir, item.rel, ".png"), result)
+        return int(result.mean())
+
+
+def _folder(root: Path, n: int = 10, bad: int = 0) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cls = "ab"[i % 2]
+        p = root / cls / f"{i:03d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(p)
+    for i in range(bad):
+        (root / "a" / f"bad{i}.jpg").write_bytes(b"")
+    return root
+
+
+def test_parse_shard_and_env():
+    assert parse_shard("1/4") == Shard(1, 4, "--shard")
+    for bad in ("4/4", "x", "1/0", "-1/2"):
+        with pytest.raises(StepError):
+            parse_shard(bad)
+    assert shard_from_env({"RANK": "2", "WORLD_SIZE": "3"}) == Shard(2, 3, "torchrun")
+    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "3"}) == Shard(2, 4, "slurm")
+    assert shard_from_env({}) == Shard()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("batched", [False, True])
+def test_outputs_do_not_depend_on_workers_or_batching(tmp_path, workers, batched):
+    data = _folder(tmp_path / "data")
+    items, _ = prepare_items(data, tmp_path / "out")
+    step = InvertStep(tmp_path / "out", batched)
+    report = run_step(step, items, RunOptions(workers=workers, batch_size=4, progress=False))
+    assert (report.done, report.failed) == (10, 0)
+    for it in items:
+        assert np.array_equal(read_image(mirror_path(tmp_path / "out", it.rel, ".png")), 255 - read_image(it.path))
+    if batched and workers == 0:
+        assert step.batch_sizes == [4, 4, 2]
+
+
+def test_shards_partition_the_items_and_write_their_own_records(tmp_path):
+    data = _folder(tmp_path / "data", n=11)
+    items, _ = prepare_items(data)
+    seen = []
+    for k in range(3):
+        report = run_step(InvertStep(tmp_path / "out", False), items, RunOptions(workers=0, shard=Shard(k, 3), progress=False))
+        seen.append(report.done)
+        assert (tmp_path / "out" / f"autobackswap.shard-{k}-of-3.json").exists()
+    assert seen == [4, 4, 3]
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 11
+
+
+def test_rerun_skips_finished_and_overwrite_redoes(tmp_path):
+    data = _folder(tmp_path / "data")
+    items, _ = prepare_items(data)
+    out = tmp_path / "out"
+    run_step(InvertStep(out, True), items[:6], RunOptions(workers=0, progress=False))
+    report = run_step(InvertStep(out, True), items, RunOptions(workers=0, progress=False))
+    assert (report.done, report.skipped) == (4, 6)
+    record = json.loads((out / "autobackswap.json").read_text())
+    assert record["counts"] == {"total": 10, "done": 4, "skipped": 6, "failed": 0}
+    assert record["step"] == "invert" and record["status"] == "completed" and record["wall_time_s"] >= 0
+    report = run_step(InvertStep(out, True), items, RunOptions(workers=0, overwrite=True, progress=False))
+    assert (report.done, report.skipped) == (10, 0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_failures_are_collected_with_reasons(tmp_path, workers):
+    data = _folder(tmp_path / "data", n=6, bad=2)
+    items, _ = prepare_items(data)
+    report = run_step(InvertStep(tmp_path / "out", True), items, RunOptions(workers=workers, batch_size=3, progress=False))
+    assert report.done == 6 and report.failed == 2 and not report.ok
+    assert sorted(f["item"] for f in report.failures) == ["a/bad0.jpg", "a/bad1.jpg"]
+    assert all("empty file" in f["reason"] for f in report.failures)
+    record = json.loads((tmp_path / "out" / "autobackswap.json").read_text())
+    assert record["status"] == "completed with failures" and len(record["failures"]) == 2
+
+
+def test_fail_fast_stops_at_first_failure(tmp_path):
+    data = _folder(tmp_path / "data", n=6, bad=1)
+    items, _ = prepare_items(data)
+    with pytest.raises(FailFast, match="bad0.jpg"):
+        run_step(InvertStep(tmp_path / "out", False), items, RunOptions(workers=0, fail_fast=True, progress=False))
+
+
+def test_a_failing_batch_is_retried_item_by_item(tmp_path):
+    data = _folder(tmp_path / "data", n=4)
+    items, _ = prepare_items(data)
+
+    class Picky(InvertStep):
+        def _compute(self, batch):
+            if any(img[0, 0, 0] == self.poison for img in batch):
+                raise ValueError("poisoned pixel")
+            return super()._compute(batch)
+
+    step = Picky(tmp_path / "out", True)
+    step.poison = read_image(items[1].path)[0, 0, 0]
+    report = run_step(step, items, RunOptions(workers=0, batch_size=4, progress=False))
+    assert report.done == 3 and [f["item"] for f in report.failures] == [str(items[1].rel)]
+    assert "poisoned pixel" in report.failures[0]["reason"]
+
+
+def test_output_inside_input_is_left_out_and_equal_is_refused(tmp_path):
+    data = _folder(tmp_path / "data", n=4)
+    (data / "out").mkdir()
+    (data / "out" / "x.png").write_bytes(b"not scanned")
+    items, warnings = prepare_items(data, data / "out")
+    assert len(items) == 4 and any("inside the input folder" in w for w in warnings)
+    with pytest.raises(StepError, match="input folder itself"):
+        prepare_items(data, data)
