@@ -1,0 +1,418 @@
+"""``compose``: foregrounds onto backgrounds of other images and classes; ``BackSwapDataset`` does it on the fly.
+
+For every foreground image, ``per_image`` composites are written to
+``OUT/<class>/<name>__<bg-class>__<bg-name>.<ext>``. The foreground's alpha is its
+*tight* mask (P(fg) >= ``tight``) with a feathered edge; it stays where it was in
+its image unless jitter (scale, rotation, shift) is asked for, and always inside
+the frame. Backgrounds are scaled to cover the foreground image's size, keeping
+their aspect ratio, and centre-cropped. Every random choice comes from a generator
+seeded by (seed, image path, composite index), so results do not depend on
+workers, shards or order, and reruns are byte-identical.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from .engine import RunReport, Shard, Step, StepError, console
+from .images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, write_bytes_atomic, write_image_atomic
+
+BG_MODES = ("any", "other-class", "same-class", "next-class")
+VARIANTS = ("swap", "only-fg", "only-bg")
+MANIFEST_FIELDS = ["output", "foreground", "background", "foreground_class", "background_class", "scale", "angle", "shift_x", "shift_y", "seed"]
+
+
+@dataclass
+class ComposeOptions:
+    per_image: int = 1
+    bg_from: str = "any"
+    variant: str = "swap"
+    tight: float = 0.5  # alpha = P(fg) >= tight, then feathered
+    feather: float = 2.0  # edge softness in pixels (Gaussian sigma = feather / 2)
+    scale: tuple[float, float] = (1.0, 1.0)
+    rotate: float = 0.0  # degrees, uniform in [-rotate, rotate]
+    translate: int = 0  # pixels, uniform in [-translate, translate] on each axis
+    fill: tuple[int, int, int] = (0, 0, 0)  # only-fg: the flat fill colour
+    include_originals: bool = False
+    out_format: str = "same"
+    quality: int = 95
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.bg_from not in BG_MODES:
+            raise StepError(f"--bg-from must be one of {', '.join(BG_MODES)}; got {self.bg_from!r}")
+        if self.variant not in VARIANTS:
+            raise StepError(f"variant must be one of {', '.join(VARIANTS)}")
+        lo, hi = self.scale
+        if not 0 < lo <= hi:
+            raise StepError(f"--scale a,b needs 0 < a <= b; got {lo},{hi}")
+        if self.per_image < 1:
+            raise StepError("--per-image must be at least 1")
+
+
+@dataclass(frozen=True)
+class Placement:
+    scale: float = 1.0
+    angle: float = 0.0
+    shift_x: float = 0.0
+    shift_y: float = 0.0
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def item_rng(seed: int, key: str, index: int, epoch: int = 0) -> np.random.Generator:
+    """A generator that depends only on (seed, image key, composite index, epoch)."""
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    return np.random.default_rng([seed, digest, index, epoch])
+
+
+class BackgroundPool:
+    """The backgrounds on disk, by class, and the rule to pick one for a foreground."""
+
+    def __init__(self, backgrounds_dir: Path):
+        self.root = Path(backgrounds_dir)
+        if not self.root.is_dir():
+            raise StepError(f"backgrounds folder not found: {self.root}")
+        scan = scan_image_folder(self.root)
+        self.by_class: dict[str, list[str]] = {}
+        for it in scan.items:
+            self.by_class.setdefault(it.cls, []).append(str(it.rel))
+        self.classes = sorted(self.by_class)
+        if not self.classes:
+            raise StepError(f"no backgrounds found in {self.root} (run `autobackswap inpaint` first)")
+
+    def candidate_classes(self, fg_class: str, mode: str) -> list[str]:
+        if mode == "any":
+            return self.classes
+        if mode == "same-class":
+            return [fg_class] if fg_class in self.by_class else []
+        if mode == "other-class":
+            return [c for c in self.classes if c != fg_class]
+        # next-class: the class after the foreground's, in sorted order, wrapping around
+        ordered = sorted(set(self.classes) | {fg_class})
+        nxt = ordered[(ordered.index(fg_class) + 1) % len(ordered)]
+        return [nxt] if nxt != fg_class and nxt in self.by_class else []
+
+    def choose(self, item: ImageItem, rng: np.random.Generator, mode: str, exclude: set[str]) -> str:
+        """Class uniform, then image uniform (as in the paper); never the foreground's own background."""
+        own = item.key
+        classes = [c for c in self.candidate_classes(item.cls, mode) if any(_key(r) != own and r not in exclude for r in self.by_class[c])]
+        if not classes:
+            classes = [c for c in self.candidate_classes(item.cls, mode) if any(_key(r) != own for r in self.by_class[c])]
+            exclude = set()
+        if not classes:
+            raise ImageError(f"no background to choose from with --bg-from {mode} (classes with backgrounds: {', '.join(self.classes)})")
+        cls = classes[int(rng.integers(len(classes)))]
+        options = [r for r in self.by_class[cls] if _key(r) != own and r not in exclude]
+        return options[int(rng.integers(len(options)))]
+
+
+def _key(rel: str) -> str:
+    return str(PurePosixPath(rel).with_suffix(""))
+
+
+def sample_placement(rng: np.random.Generator, options: ComposeOptions) -> Placement:
+    lo, hi = options.scale
+    return Placement(
+        scale=float(rng.uniform(lo, hi)) if hi > lo else float(lo),
+        angle=float(rng.uniform(-options.rotate, options.rotate)) if options.rotate else 0.0,
+        shift_x=float(rng.integers(-options.translate, options.translate + 1)) if options.translate else 0.0,
+        shift_y=float(rng.integers(-options.translate, options.translate + 1)) if options.translate else 0.0,
+    )
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def foreground_alpha(mask: np.ndarray, tight: float = 0.5, feather: float = 2.0) -> np.ndarray:
+    """Tight binary mask (P(fg) >= tight) with a Gaussian-feathered edge, float32 in [0, 1]."""
+    alpha = (mask >= tight - 1e-6).astype(np.float32)
+    if feather > 0 and alpha.any():
+        alpha = cv2.GaussianBlur(alpha, (0, 0), feather / 2.0)
+        alpha[alpha < 1e-3] = 0.0
+        alpha[alpha > 1 - 1e-3] = 1.0
+    return alpha
+
+
+def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale to cover height x width keeping the aspect ratio, then centre-crop."""
+    bh, bw = background.shape[:2]
+    if (bh, bw) == (height, width):
+        return background
+    scale = max(height / bh, width / bw)
+    nh, nw = max(height, round(bh * scale)), max(width, round(bw * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(background, (nw, nh), interpolation=interp)
+    y0, x0 = (nh - height) // 2, (nw - width) // 2
+    return resized[y0 : y0 + height, x0 : x0 + width]
+
+
+def placement_matrix(alpha: np.ndarray, placement: Placement) -> tuple[np.ndarray, Placement]:
+    """Affine matrix scaling/rotating about the foreground's centre and shifting it, kept inside the frame.
+
+    Returns the matrix and the placement actually used (the shift after clamping).
+    """
+    h, w = alpha.shape
+    ys, xs = np.nonzero(alpha > 0)
+    cy, cx = (ys.min() + ys.max()) / 2.0, (xs.min() + xs.max()) / 2.0
+    m = cv2.getRotationMatrix2D((float(cx), float(cy)), placement.angle, placement.scale)
+    corners = np.array([[xs.min(), ys.min(), 1], [xs.max(), ys.min(), 1], [xs.min(), ys.max(), 1], [xs.max(), ys.max(), 1]], np.float64)
+    moved = corners @ m.T
+    x_lo, x_hi, y_lo, y_hi = moved[:, 0].min(), moved[:, 0].max(), moved[:, 1].min(), moved[:, 1].max()
+    dx = float(np.clip(placement.shift_x, -x_lo, (w - 1) - x_hi)) if x_hi - x_lo <= w - 1 else (w - 1) / 2 - (x_lo + x_hi) / 2
+    dy = float(np.clip(placement.shift_y, -y_lo, (h - 1) - y_hi)) if y_hi - y_lo <= h - 1 else (h - 1) / 2 - (y_lo + y_hi) / 2
+    m[0, 2] += dx
+    m[1, 2] += dy
+    return m, Placement(placement.scale, placement.angle, round(dx, 2), round(dy, 2))
+
+
+def place_foreground(image: np.ndarray, alpha: np.ndarray, placement: Placement) -> tuple[np.ndarray, np.ndarray, Placement]:
+    """The foreground (image and alpha) moved by ``placement``, inside the frame; and the placement used."""
+    if placement == Placement():
+        return image, alpha, placement
+    h, w = alpha.shape
+    m, used = placement_matrix(alpha, placement)
+    moved_image = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    moved_alpha = cv2.warpAffine(alpha, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return moved_image, moved_alpha, used
+
+
+def blend(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """alpha * foreground + (1 - alpha) * background, rounded to uint8 (exact where alpha is 0 or 1)."""
+    a = alpha[..., None]
+    out = foreground.astype(np.float32) * a + background.astype(np.float32) * (1.0 - a)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- the step
+
+
+@dataclass
+class Composite:
+    """One planned output: where it goes and what it is made of."""
+
+    output: PurePosixPath
+    background: str | None  # relative path under BACKGROUNDS
+    placement: Placement = field(default_factory=Placement)
+
+
+class ComposeStep(Step):
+    name = "compose"
+
+    def __init__(self, masks_dir: Path, backgrounds_dir: Path, out_dir: Path, options: ComposeOptions, shard: Shard = Shard(),
+                 preview: str | None = None, preview_count: int = 24):
+        options.check()
+        self.masks_dir = Path(masks_dir)
+        self.pool = BackgroundPool(backgrounds_dir)
+        self.out_dir = Path(out_dir)
+        self.options = options
+        self.shard = shard
+        self.preview = preview
+        self.preview_count = preview_count
+        self.rows: dict[str, dict] = {}
+        self.manifest_count = 0
+
+    # planning is pure: the same item always gets the same composites
+    def plan(self, item: ImageItem) -> list[Composite]:
+        o = self.options
+        ext = item.rel.suffix if o.out_format == "same" else "." + o.out_format.lstrip(".")
+        stem = item.rel.stem
+        parent = item.rel.parent
+        if o.variant == "only-fg":
+            return [Composite(parent / f"{stem}__only-fg{ext}", None)]
+        if o.variant == "only-bg":
+            return [Composite(parent / f"{stem}__only-bg{ext}", self._own_background(item))]
+        plans, used = [], set()
+        for k in range(o.per_image):
+            rng = item_rng(o.seed, item.key, k)
+            bg = self.pool.choose(item, rng, o.bg_from, used)
+            used.add(bg)
+            name = f"{stem}__{PurePosixPath(bg).parts[0]}__{PurePosixPath(bg).stem}"
+            if any(p.output.stem == name for p in plans):
+                name += f"__{k}"
+            plans.append(Composite(parent / f"{name}{ext}", bg, sample_placement(rng, o)))
+        return plans
+
+    def _own_background(self, item: ImageItem) -> str:
+        for r in self.pool.by_class.get(item.cls, []):
+            if _key(r) == item.key:
+                return r
+        raise ImageError(f"no background for this image in {self.pool.root}")
+
+    def outputs(self, item: ImageItem) -> list[Path]:
+        try:
+            paths = [self.out_dir / Path(c.output) for c in self.plan(item)]
+        except ImageError:
+            return [self.out_dir / "__unplannable__" / item.rel]  # never exists: the item runs and fails with the reason
+        if self.options.include_originals:
+            paths.append(mirror_path(self.out_dir, item.rel))
+        return paths
+
+    def load(self, item: ImageItem) -> list[tuple[Path, np.ndarray, dict]]:
+        o = self.options
+        image = read_image(item.path)
+        h, w = image.shape[:2]
+        results = []
+        if o.variant == "only-bg":
+            (plan,) = self.plan(item)
+            background = fit_background(read_image(self.pool.root / plan.background), h, w)
+            return [(self.out_dir / Path(plan.output), background, self._row(item, plan))]
+        mask_path = mirror_path(self.masks_dir, item.rel, ".png")
+        if not mask_path.exists():
+            raise ImageError(f"no mask for this image (expected {mask_path})")
+        mask = read_mask(mask_path, (h, w))
+        alpha = foreground_alpha(mask, o.tight, o.feather)
+        if not alpha.any():
+            raise ImageError(f"no foreground in the mask at P(fg) >= {o.tight}: nothing to compose")
+        for plan in self.plan(item):
+            if plan.background is None:  # only-fg
+                background = np.empty_like(image)
+                background[:] = np.asarray(o.fill, np.uint8)
+                fg, a, used = image, alpha, plan.placement
+            else:
+                background = fit_background(read_image(self.pool.root / plan.background), h, w)
+                fg, a, used = place_foreground(image, alpha, plan.placement)
+            plan = Composite(plan.output, plan.background, used)
+            results.append((self.out_dir / Path(plan.output), blend(fg, a, background), self._row(item, plan)))
+        return results
+
+    def write(self, item: ImageItem, results: list[tuple[Path, np.ndarray, dict]]) -> list[dict]:
+        for path, array, _ in results:
+            write_image_atomic(path, array, quality=self.options.quality)
+        if self.options.include_originals:
+            write_bytes_atomic(mirror_path(self.out_dir, item.rel), item.path.read_bytes())
+        return [row for _, _, row in results]
+
+    def _row(self, item: ImageItem, plan: Composite) -> dict:
+        p = plan.placement
+        return {
+            "output": str(plan.output),
+            "foreground": str(item.rel),
+            "background": plan.background or f"flat fill {self.options.fill}",
+            "foreground_class": item.cls,
+            "background_class": PurePosixPath(plan.background).parts[0] if plan.background else "",
+            "scale": round(p.scale, 4),
+            "angle": round(p.angle, 3),
+            "shift_x": p.shift_x,
+            "shift_y": p.shift_y,
+            "seed": self.options.seed,
+        }
+
+    def collect(self, item: ImageItem, rows: list[dict]) -> None:
+        for row in rows:
+            self.rows[row["output"]] = row
+
+    def record(self) -> dict:
+        o = self.options
+        return {
+            "masks": str(self.masks_dir), "backgrounds": str(self.pool.root), "variant": o.variant, "per_image": o.per_image,
+            "bg_from": o.bg_from, "tight": o.tight, "feather": o.feather, "scale": list(o.scale), "rotate": o.rotate,
+            "translate": o.translate, "include_originals": o.include_originals, "format": o.out_format, "quality": o.quality, "seed": o.seed,
+        }
+
+    def results(self) -> dict:
+        return {"composites_in_manifest": self.manifest_count}
+
+    def manifest_rows(self, item: ImageItem) -> list[dict]:
+        """The manifest rows of an item finished earlier, without redoing its composites (reads only its mask)."""
+        plans = self.plan(item)
+        alpha = None
+        rows = []
+        for plan in plans:
+            placement = plan.placement
+            if plan.background is not None and placement != Placement() and self.options.variant == "swap":
+                if alpha is None:
+                    alpha = foreground_alpha(read_mask(mirror_path(self.masks_dir, item.rel, ".png")), self.options.tight, self.options.feather)
+                _, placement = placement_matrix(alpha, placement)
+            rows.append(self._row(item, Composite(plan.output, plan.background, placement)))
+        return rows
+
+    def finish(self, report: RunReport, items: Sequence[ImageItem]) -> None:
+        """Write the manifest for every composite of this shard on disk (this run's and earlier runs')."""
+        for item in items:
+            try:
+                plans = self.plan(item)
+            except ImageError:
+                continue
+            if all(self.out_dir.joinpath(Path(p.output)).exists() for p in plans) and not all(str(p.output) in self.rows for p in plans):
+                try:  # finished by an earlier run
+                    self.collect(item, self.manifest_rows(item))
+                except ImageError:
+                    pass
+        rows = sorted(self.rows.values(), key=lambda r: r["output"])
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        name = "manifest.csv" if self.shard.count == 1 else f"manifest.shard-{self.shard.index}-of-{self.shard.count}.csv"
+        write_bytes_atomic(self.out_dir / name, buf.getvalue().encode())
+        self.manifest_count = len(rows)
+        if self.preview and rows:
+            tiles = [read_image(self.out_dir / r["output"]) for r in rows[:: max(1, len(rows) // self.preview_count)][: self.preview_count]]
+            write_image_atomic(Path(self.preview), preview_grid(tiles))
+            console.print(f"preview: {self.preview}")
+
+
+# --------------------------------------------------------------------------- on the fly, for training
+
+
+class BackSwapDataset:
+    """A torch-style Dataset that composes on the fly: every epoch sees fresh foreground/background pairs.
+
+    ``dataset[i]`` is ``(image, class_index)`` for the i-th image of DATA (ImageFolder order):
+    its foreground on a background chosen and placed as ``compose`` would, as a PIL image
+    (or ``transform(image)``). Call ``set_epoch(e)`` each epoch for reproducible, changing
+    combinations; with ``p_original`` the original image is returned that often instead.
+    """
+
+    def __init__(self, data_dir: Path | str, masks_dir: Path | str, backgrounds_dir: Path | str,
+                 options: ComposeOptions | None = None, transform=None, p_original: float = 0.0):
+        self.options = options or ComposeOptions()
+        self.options.check()
+        scan = scan_image_folder(Path(data_dir), exclude=[Path(masks_dir), Path(backgrounds_dir)])
+        self.items = scan.items
+        self.classes = scan.classes
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.targets = [self.class_to_idx[it.cls] for it in self.items]
+        self.masks_dir = Path(masks_dir)
+        self.pool = BackgroundPool(Path(backgrounds_dir))
+        self.transform = transform
+        self.p_original = p_original
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def compose(self, index: int) -> np.ndarray:
+        """The composite for ``index`` in the current epoch, as an RGB uint8 array."""
+        item = self.items[index]
+        o = self.options
+        rng = item_rng(o.seed, item.key, 0, epoch=self.epoch + 1)
+        image = read_image(item.path)
+        if self.p_original and rng.random() < self.p_original:
+            return image
+        h, w = image.shape[:2]
+        alpha = foreground_alpha(read_mask(mirror_path(self.masks_dir, item.rel, ".png"), (h, w)), o.tight, o.feather)
+        if not alpha.any():
+            return image
+        background = fit_background(read_image(self.pool.root / self.pool.choose(item, rng, o.bg_from, set())), h, w)
+        fg, a, _ = place_foreground(image, alpha, sample_placement(rng, o))
+        return blend(fg, a, background)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        image = Image.fromarray(self.compose(index))
+        return (self.transform(image) if self.transform else image), self.targets[index]

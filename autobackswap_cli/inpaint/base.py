@@ -1,0 +1,70 @@
+"""The inpainter interface and the helpers every backend shares (crop around the hole, paste back)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class InpaintOptions:
+    """Options shared by the CLI and the library; each backend reads the ones it needs."""
+
+    method: str = "pyramid"
+    model: str | None = None  # diffusers: hub id or local folder; torchscript: a .pt file
+    prompt: str = "empty background, natural scenery, nothing in the foreground, high quality photo"
+    negative_prompt: str = "object, animal, person, text, watermark, blurry, artifacts"
+    steps: int = 25
+    guidance: float = 7.5
+    resolution: int = 512  # diffusers: side of the square crop the model sees
+    margin: float = 0.5  # crop margin around the hole, as a share of the hole's larger side
+    radius: int = 3  # telea / ns: neighbourhood radius in pixels
+    texture: float = 0.0  # pyramid: texture restored from the known background: 0 off, -1 auto, else a strength
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+
+class Inpainter:
+    """One backend. ``fill`` gets an RGB uint8 image and a boolean hole; only hole pixels of its result are used.
+
+    Backends with ``uses_model = True`` run batched in the main process (``fill_batch``);
+    the others run in worker processes, one image at a time.
+    """
+
+    name = "base"
+    uses_model = False
+
+    def __init__(self, options: InpaintOptions):
+        self.options = options
+
+    def setup(self) -> None:
+        """Load models (main process, once)."""
+
+    def fill(self, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def fill_batch(self, images: Sequence[np.ndarray], holes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self.fill(i, h) for i, h in zip(images, holes)]
+
+    def record(self) -> dict:
+        return {"method": self.name}
+
+
+def hole_box(hole: np.ndarray, margin: float, min_margin: int = 8) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the hole's bounding box grown by ``margin`` x its larger side, inside the image."""
+    ys, xs = np.nonzero(hole)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    pad = max(min_margin, int(round(margin * max(y1 - y0, x1 - x0))))
+    h, w = hole.shape
+    return max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
+
+
+def paste_hole(image: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """``image`` with only the hole's pixels taken from ``filled``: everything else stays byte-identical."""
+    out = image.copy()
+    out[hole] = filled[hole]
+    return out

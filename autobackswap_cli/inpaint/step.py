@@ -1,0 +1,124 @@
+"""``inpaint``: BACKGROUNDS/<class>/<name>.<ext> = the image with its loose foreground filled in.
+
+The region to fill is the *loose* foreground (P(fg) >= ``loose``, default 0.1, the
+paper's loose mask) grown by ``dilate`` pixels so no halo of the object survives.
+Classical backends run entirely in worker processes; model backends (diffusers,
+TorchScript) run batched in the main process, with workers decoding and encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..engine import RunReport, Step, console
+from ..images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, write_image_atomic
+from .base import InpaintOptions, paste_hole
+
+
+@dataclass
+class FillRegion:
+    loose: float = 0.1  # P(fg) at or above this is removed
+    dilate: int = 4  # then grown by this many pixels
+
+
+def fill_region(mask: np.ndarray, region: FillRegion) -> np.ndarray:
+    """Boolean hole: the loose foreground of a soft mask in [0, 1], dilated by ``region.dilate`` px."""
+    hole = mask >= region.loose - 1e-6
+    if region.dilate > 0 and hole.any():
+        k = 2 * region.dilate + 1
+        hole = cv2.dilate(hole.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+    return hole
+
+
+class InpaintStep(Step):
+    name = "inpaint"
+
+    def __init__(self, masks_dir: Path, out_dir: Path, options: InpaintOptions, region: FillRegion,
+                 out_format: str = "same", quality: int = 95, preview: str | None = None, preview_count: int = 12):
+        from . import make_inpainter
+
+        self.masks_dir = Path(masks_dir)
+        self.out_dir = Path(out_dir)
+        self.options = options
+        self.region = region
+        self.out_format = out_format
+        self.quality = quality
+        self.preview = preview
+        self.preview_count = preview_count
+        self.inpainter = make_inpainter(options)
+        if self.inpainter.uses_model:
+            self.compute = self._compute
+        self.previewed: list[ImageItem] = []
+        self.no_foreground = 0
+
+    def output_path(self, item: ImageItem) -> Path:
+        suffix = None if self.out_format == "same" else "." + self.out_format.lstrip(".")
+        return mirror_path(self.out_dir, item.rel, suffix)
+
+    def outputs(self, item: ImageItem) -> list[Path]:
+        return [self.output_path(item)]
+
+    def setup(self) -> None:
+        if self.inpainter.uses_model:
+            self.inpainter.setup()
+
+    def load(self, item: ImageItem) -> tuple[np.ndarray, np.ndarray]:
+        image = read_image(item.path)
+        mask_path = mirror_path(self.masks_dir, item.rel, ".png")
+        if not mask_path.exists():
+            raise ImageError(f"no mask for this image (expected {mask_path})")
+        hole = fill_region(read_mask(mask_path, image.shape[:2]), self.region)
+        if hole.all():
+            raise ImageError("the mask covers the whole image: no background is left to fill from")
+        if hole.any() and not self.inpainter.uses_model:
+            return image, hole, self.inpainter.fill(image, hole)
+        return image, hole, None
+
+    def _compute(self, batch: list) -> list:
+        todo = [i for i, (_, hole, _) in enumerate(batch) if hole.any()]
+        filled = self.inpainter.fill_batch([batch[i][0] for i in todo], [batch[i][1] for i in todo]) if todo else []
+        results = [(image, hole, None) for image, hole, _ in batch]
+        for i, f in zip(todo, filled):
+            results[i] = (batch[i][0], batch[i][1], f)
+        return results
+
+    def write(self, item: ImageItem, result: Any) -> bool:
+        image, hole, filled = result
+        background = paste_hole(image, filled, hole) if filled is not None else image
+        write_image_atomic(self.output_path(item), background, quality=self.quality)
+        return bool(hole.any())
+
+    def collect(self, item: ImageItem, had_foreground: bool) -> None:
+        if not had_foreground:
+            self.no_foreground += 1
+        if len(self.previewed) < self.preview_count:
+            self.previewed.append(item)
+
+    def record(self) -> dict:
+        return {
+            "masks": str(self.masks_dir),
+            "loose_threshold": self.region.loose,
+            "dilate_px": self.region.dilate,
+            "format": self.out_format,
+            "quality": self.quality,
+            **self.inpainter.record(),
+        }
+
+    def results(self) -> dict:
+        return {"images_without_foreground_copied_unchanged": self.no_foreground}
+
+    def finish(self, report: RunReport, items) -> None:
+        if self.no_foreground:
+            console.print(f"[yellow]note:[/] {self.no_foreground} image(s) had no foreground in their mask and were copied unchanged")
+        if self.preview and self.previewed:
+            tiles = []
+            for item in self.previewed:
+                tiles.append(read_image(item.path))
+                tiles.append(read_image(self.output_path(item)))
+            write_image_atomic(Path(self.preview), preview_grid(tiles, columns=6))
+            console.print(f"preview: {self.preview} (image, background pairs)")

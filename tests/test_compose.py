@@ -1,0 +1,184 @@
+"""compose, BackSwapDataset and run: pixels, background choice, manifest, determinism, resume."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autobackswap_cli.compose import BackSwapDataset, ComposeOptions, Placement, fit_background, foreground_alpha, placement_matrix
+from autobackswap_cli.images import TEMP_PREFIX, read_image, read_mask
+from autobackswap_cli.sample_data import SampleSpec, generate
+from conftest import cli, cli_subprocess, run_record
+
+
+def _manifest(out: Path) -> list[dict]:
+    return list(csv.DictReader(open(out / "manifest.csv")))
+
+
+def _outputs(out: Path) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.suffix in (".png", ".jpg") and p.parent != out}
+
+
+def _compose(sample: Path, out: Path, *extra: str, expect: int = 0):
+    return cli("compose", sample / "train", sample / "masks/train", sample / "backgrounds/train", "-o", out, "--no-progress", "--workers", "1", *extra, expect=expect)
+
+
+def test_composite_is_foreground_where_alpha_is_one_and_background_where_zero(small_sample, tmp_path):
+    out = tmp_path / "out"
+    _compose(small_sample, out, "--format", "png", "--per-image", "2")
+    rows = _manifest(out)
+    assert len(rows) == 48 and _outputs(out) == {r["output"] for r in rows}
+    for row in rows:
+        fg = read_image(small_sample / "train" / row["foreground"])
+        comp = read_image(out / row["output"])
+        alpha = foreground_alpha(read_mask(small_sample / "masks/train" / Path(row["foreground"]).with_suffix(".png")))
+        bg = fit_background(read_image(small_sample / "backgrounds/train" / row["background"]), *fg.shape[:2])
+        assert comp.shape == fg.shape
+        assert np.array_equal(comp[alpha == 1], fg[alpha == 1])
+        assert np.array_equal(comp[alpha == 0], bg[alpha == 0])
+        assert (alpha == 1).sum() > 50 and (alpha == 0).sum() > 500
+        assert row["background"] != row["foreground"]  # never its own background
+        assert row["output"].startswith(f"{row['foreground_class']}/{Path(row['foreground']).stem}__{row['background_class']}__")
+
+
+def test_other_class_never_keeps_the_class_background_and_next_class_cycles(small_sample, tmp_path):
+    _compose(small_sample, tmp_path / "other", "--bg-from", "other-class", "--per-image", "3")
+    rows = _manifest(tmp_path / "other")
+    assert len(rows) == 72 and all(r["background_class"] != r["foreground_class"] for r in rows)
+    assert {r["background_class"] for r in rows} == {"cross", "disc", "triangle"}
+    _compose(small_sample, tmp_path / "next", "--bg-from", "next-class")
+    pairs = {(r["foreground_class"], r["background_class"]) for r in _manifest(tmp_path / "next")}
+    assert pairs == {("cross", "disc"), ("disc", "triangle"), ("triangle", "cross")}
+    _compose(small_sample, tmp_path / "same", "--bg-from", "same-class", "--per-image", "3")
+    rows = _manifest(tmp_path / "same")
+    assert all(r["background_class"] == r["foreground_class"] and r["background"] != r["foreground"] for r in rows)
+    assert all(len({r["background"] for r in rows if r["foreground"] == f}) == 3 for f in {r["foreground"] for r in rows})
+
+
+def _digests(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "autobackswap.json"}
+
+
+def test_same_seed_gives_byte_identical_outputs(small_sample, tmp_path):
+    jitter = ["--scale", "0.7,1.1", "--rotate", "25", "--translate", "6", "--per-image", "2"]
+    _compose(small_sample, tmp_path / "a", *jitter, "--seed", "4")
+    cli("compose", small_sample / "train", small_sample / "masks/train", small_sample / "backgrounds/train", "-o", tmp_path / "b",
+        "--no-progress", "--workers", "0", *jitter, "--seed", "4")
+    _compose(small_sample, tmp_path / "c", *jitter, "--seed", "5")
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+    assert _digests(tmp_path / "a") != _digests(tmp_path / "c")
+    for row in _manifest(tmp_path / "a"):
+        assert 0.7 <= float(row["scale"]) <= 1.1 and abs(float(row["angle"])) <= 25
+        # the shift is the random one (|s| <= --translate), unless more was needed to keep the object in the frame
+        alpha = foreground_alpha(read_mask(small_sample / "masks/train" / Path(row["foreground"]).with_suffix(".png")))
+        _, forced = placement_matrix(alpha, Placement(float(row["scale"]), float(row["angle"])))  # the shift needed at 0 asked
+        overhang_x, overhang_y = abs(forced.shift_x), abs(forced.shift_y)
+        assert abs(float(row["shift_x"])) <= 6 + overhang_x + 0.01 and abs(float(row["shift_y"])) <= 6 + overhang_y + 0.01
+
+
+def test_jittered_foreground_stays_inside_the_frame(tmp_path):
+    generate(tmp_path / "s", SampleSpec(seed=9, size=64, train_per_class=4, test_per_group=1, labelled=0))
+    _compose(tmp_path / "s", tmp_path / "out", "--scale", "1.3,1.5", "--translate", "40", "--format", "png", "--feather", "0")
+    for row in _manifest(tmp_path / "out"):
+        fg_mask = read_mask(tmp_path / "s/masks/train" / Path(row["foreground"]).with_suffix(".png")) >= 0.5
+        comp = read_image(tmp_path / "out" / row["output"])
+        bg = fit_background(read_image(tmp_path / "s/backgrounds/train" / row["background"]), *comp.shape[:2])
+        changed = np.abs(comp.astype(int) - bg).sum(2) > 40
+        # the moved object is about as large as scale^2 times the original: nothing was cut off at the border
+        assert changed.sum() >= 0.8 * fg_mask.sum() * float(row["scale"]) ** 2
+
+
+def test_only_fg_and_only_bg_variants(small_sample, tmp_path):
+    _compose(small_sample, tmp_path / "fg", "--only-fg", "--fill", "0,255,0", "--format", "png", "--include-originals")
+    rows = _manifest(tmp_path / "fg")
+    assert len(rows) == 24 and all(r["output"].endswith("__only-fg.png") for r in rows)
+    row = rows[0]
+    comp = read_image(tmp_path / "fg" / row["output"])
+    alpha = foreground_alpha(read_mask(small_sample / "masks/train" / Path(row["foreground"]).with_suffix(".png")))
+    assert (comp[alpha == 0] == [0, 255, 0]).all()
+    assert (tmp_path / "fg" / row["foreground"]).read_bytes() == (small_sample / "train" / row["foreground"]).read_bytes()
+    _compose(small_sample, tmp_path / "bg", "--only-bg", "--format", "png")
+    row = _manifest(tmp_path / "bg")[0]
+    assert row["background"] == row["foreground"]
+    assert np.array_equal(read_image(tmp_path / "bg" / row["output"]), read_image(small_sample / "backgrounds/train" / row["foreground"]))
+
+
+def test_missing_mask_and_empty_foreground_fail_that_image(small_sample, tmp_path):
+    import shutil
+
+    masks = tmp_path / "masks"
+    shutil.copytree(small_sample / "masks/train", masks)
+    (masks / "disc/disc_0000.png").unlink()
+    from PIL import Image
+
+    size = Image.open(masks / "disc/disc_0001.png").size
+    Image.new("L", size, 0).save(masks / "disc/disc_0001.png")
+    result = cli("compose", small_sample / "train", masks, small_sample / "backgrounds/train", "-o", tmp_path / "out", "--no-progress", "--workers", "0", expect=1)
+    reasons = {f["item"]: f["reason"] for f in run_record(tmp_path / "out")["failures"]}
+    assert "no mask" in reasons["disc/disc_0000.jpg"] and "no foreground" in reasons["disc/disc_0001.jpg"]
+    assert len(_manifest(tmp_path / "out")) == 22
+
+
+def test_killed_compose_resumes_without_partial_files_and_a_full_manifest(tmp_path):
+    generate(tmp_path / "s", SampleSpec(seed=2, size=256, train_per_class=40, test_per_group=1, labelled=0))
+    args = ["compose", tmp_path / "s/train", tmp_path / "s/masks/train", tmp_path / "s/backgrounds/train", "-o", tmp_path / "out", "--per-image", "3", "--workers", "1", "--no-progress", "--format", "png"]
+    proc = subprocess.Popen([sys.executable, "-m", "autobackswap_cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    t0 = time.time()
+    while len(list((tmp_path / "out").rglob("*.png"))) < 30:
+        assert proc.poll() is None and time.time() - t0 < 120
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.png")}
+    assert 30 <= len(before) < 360
+    result = cli_subprocess(*args)
+    assert result.returncode == 0, result.stderr
+    assert not list((tmp_path / "out").rglob(TEMP_PREFIX + "*"))
+    rows = _manifest(tmp_path / "out")
+    assert len(rows) == 360 and _outputs(tmp_path / "out") == {r["output"] for r in rows}
+    finished_items = run_record(tmp_path / "out")["counts"]["skipped"]
+    assert finished_items >= len(before) // 3 - 1
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p.exists()) or True
+    # byte-identical to an uninterrupted run
+    fresh = cli_subprocess(*[a if a != tmp_path / "out" else tmp_path / "fresh" for a in args])
+    assert fresh.returncode == 0
+    assert _digests(tmp_path / "out") == _digests(tmp_path / "fresh")
+
+
+def test_backswap_dataset_composes_on_the_fly(small_sample):
+    import torch
+    from torchvision.transforms import functional as TF
+
+    ds = BackSwapDataset(small_sample / "train", small_sample / "masks/train", small_sample / "backgrounds/train",
+                         ComposeOptions(bg_from="other-class"), transform=TF.to_tensor)
+    assert len(ds) == 24 and ds.classes == ["cross", "disc", "triangle"]
+    x, y = ds[0]
+    assert isinstance(x, torch.Tensor) and x.shape[0] == 3 and y == ds.class_to_idx[ds.items[0].cls]
+    first = [ds.compose(i) for i in range(6)]
+    again = [ds.compose(i) for i in range(6)]
+    ds.set_epoch(1)
+    other = [ds.compose(i) for i in range(6)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))  # reproducible within an epoch
+    assert sum(not np.array_equal(a, b) for a, b in zip(first, other)) >= 4  # fresh pairs next epoch
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=lambda b: b)
+    assert sum(len(batch) for batch in loader) == 24
+
+
+def test_run_chains_all_steps_and_resumes(small_sample, tmp_path):
+    work = tmp_path / "work"
+    cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", work, "--no-progress", "--workers", "1")
+    for sub in ("masks", "backgrounds", "composites"):
+        assert run_record(work / sub)["counts"]["done"] == 24
+    assert (work / "segmenter.pt").exists() and len(_manifest(work / "composites")) == 24
+    result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", work, "--no-progress", "--workers", "1")
+    assert "exists, kept" in " ".join(result.output.split())
+    assert run_record(work / "composites")["counts"]["skipped"] == 24
