@@ -63,6 +63,27 @@ def hole_box(hole: np.ndarray, margin: float, min_margin: int = 8) -> tuple[int,
     return max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
 
 
+def context_box(hole: np.ndarray, margin: float, min_side: int = 0, square: bool = False) -> tuple[int, int, int, int]:
+    """``hole_box`` grown to at least ``min_side`` a side (and to a square if asked), kept inside the image.
+
+    The box grows around its centre and is shifted back inside the image at the borders;
+    a side never exceeds the image's, so a square is not always possible.
+    """
+    y0, y1, x0, x1 = hole_box(hole, margin)
+    height, width = y1 - y0, x1 - x0
+    if square:
+        height = width = max(height, width)
+
+    def grow(lo: int, hi: int, size: int, limit: int) -> tuple[int, int]:
+        size = min(limit, max(size, min_side))
+        start = min(max(lo - (size - (hi - lo)) // 2, 0), limit - size)
+        return start, start + size
+
+    y0, y1 = grow(y0, y1, height, hole.shape[0])
+    x0, x1 = grow(x0, x1, width, hole.shape[1])
+    return y0, y1, x0, x1
+
+
 def paste_hole(image: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """``image`` with only the hole's pixels taken from ``filled``: everything else stays byte-identical."""
     out = image.copy()
