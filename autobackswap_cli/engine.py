@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import platform
 import signal
+import sys
 import time
 import traceback
 from collections import deque
@@ -417,11 +418,13 @@ def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnin
         signal.signal(signal.SIGTERM, _on_term)
 
     progress = make_progress(enabled=options.progress)
+    torch_threads = None
     try:
         with progress:
             task = progress.add_task(step.name, total=len(todo), status=_status(report))
             if todo:
                 step.setup()
+                torch_threads = _share_cores_with_workers(workers)
 
             def fail(item: ImageItem, reason: str) -> None:
                 report.failures.append({"item": str(item.rel), "reason": reason})
@@ -497,13 +500,34 @@ def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnin
         report.wall_time_s = time.perf_counter() - t0
         write_run_record(_record_path(out_dir, options.shard), _record(step, report, options, started))
         raise
+    except BaseException:  # e.g. setup() could not load its model: no worker may outlive the run
+        _stop_executor(executor)
+        raise
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, old_term)
+        _restore_torch_threads(torch_threads)
     executor.shutdown(wait=True)
     report.wall_time_s = time.perf_counter() - t0
     write_run_record(_record_path(out_dir, options.shard), _record(step, report, options, started))
     return report
+
+
+def _share_cores_with_workers(workers: int) -> int | None:
+    """Leave the cores the workers use to them: torch's own threads in this process would
+    otherwise compete with them and stall (spinning threads on oversubscribed cores).
+    Returns the previous thread count to restore, or None when nothing was changed."""
+    torch = sys.modules.get("torch")
+    if torch is None or workers == 0:
+        return None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(previous, (os.cpu_count() or 1) - workers)))
+    return previous
+
+
+def _restore_torch_threads(previous: int | None) -> None:
+    if previous is not None:
+        sys.modules["torch"].set_num_threads(previous)
 
 
 def _compute_batch(step: Step, batch: list) -> Iterable[tuple[ImageItem, bool, Any]]:
