@@ -76,7 +76,11 @@ def item_rng(seed: int, key: str, index: int, epoch: int = 0) -> np.random.Gener
 
 
 class BackgroundPool:
-    """The backgrounds on disk, by class, and the rule to pick one for a foreground."""
+    """The backgrounds on disk, by class, and the rule to pick one for a foreground.
+
+    Choosing is O(1) in the number of backgrounds (an index per class), so composing
+    a large dataset stays linear.
+    """
 
     def __init__(self, backgrounds_dir: Path):
         self.root = Path(backgrounds_dir)
@@ -84,8 +88,11 @@ class BackgroundPool:
             raise StepError(f"backgrounds folder not found: {self.root}")
         scan = scan_image_folder(self.root)
         self.by_class: dict[str, list[str]] = {}
+        self._index: dict[str, tuple[str, int]] = {}  # image key -> (class, position in by_class[class])
         for it in scan.items:
-            self.by_class.setdefault(it.cls, []).append(str(it.rel))
+            members = self.by_class.setdefault(it.cls, [])
+            self._index[it.key] = (it.cls, len(members))
+            members.append(str(it.rel))
         self.classes = sorted(self.by_class)
         if not self.classes:
             raise StepError(f"no backgrounds found in {self.root} (run `autobackswap inpaint` first)")
@@ -102,18 +109,27 @@ class BackgroundPool:
         nxt = ordered[(ordered.index(fg_class) + 1) % len(ordered)]
         return [nxt] if nxt != fg_class and nxt in self.by_class else []
 
+    def own(self, key: str) -> str | None:
+        """The background made from the image with this key, if there is one."""
+        found = self._index.get(key)
+        return self.by_class[found[0]][found[1]] if found else None
+
     def choose(self, item: ImageItem, rng: np.random.Generator, mode: str, exclude: set[str]) -> str:
-        """Class uniform, then image uniform (as in the paper); never the foreground's own background."""
-        own = item.key
-        classes = [c for c in self.candidate_classes(item.cls, mode) if any(_key(r) != own and r not in exclude for r in self.by_class[c])]
-        if not classes:
-            classes = [c for c in self.candidate_classes(item.cls, mode) if any(_key(r) != own for r in self.by_class[c])]
-            exclude = set()
-        if not classes:
-            raise ImageError(f"no background to choose from with --bg-from {mode} (classes with backgrounds: {', '.join(self.classes)})")
-        cls = classes[int(rng.integers(len(classes)))]
-        options = [r for r in self.by_class[cls] if _key(r) != own and r not in exclude]
-        return options[int(rng.integers(len(options)))]
+        """Class uniform, then image uniform (as in the paper); never the foreground's own background,
+        and none of ``exclude`` (earlier picks for the same foreground) while others remain."""
+        candidates = self.candidate_classes(item.cls, mode)
+        own = self.own(item.key)
+        for avoid in ({own, *exclude} - {None}, {own} - {None}):
+            blocked = {c: sorted(self._index[_key(r)][1] for r in avoid if self._index[_key(r)][0] == c) for c in candidates}
+            classes = [c for c in candidates if len(self.by_class[c]) > len(blocked[c])]
+            if classes:
+                cls = classes[int(rng.integers(len(classes)))]
+                position = int(rng.integers(len(self.by_class[cls]) - len(blocked[cls])))
+                for taken in blocked[cls]:  # step over blocked positions: uniform over the rest
+                    if position >= taken:
+                        position += 1
+                return self.by_class[cls][position]
+        raise ImageError(f"no background to choose from with --bg-from {mode} (classes with backgrounds: {', '.join(self.classes)})")
 
 
 def _key(rel: str) -> str:
@@ -188,9 +204,8 @@ def place_foreground(image: np.ndarray, alpha: np.ndarray, placement: Placement)
 
 def blend(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
     """alpha * foreground + (1 - alpha) * background, rounded to uint8 (exact where alpha is 0 or 1)."""
-    a = alpha[..., None]
-    out = foreground.astype(np.float32) * a + background.astype(np.float32) * (1.0 - a)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    alpha = np.ascontiguousarray(alpha, dtype=np.float32)
+    return cv2.blendLinear(np.ascontiguousarray(foreground), np.ascontiguousarray(background), alpha, 1.0 - alpha)
 
 
 # --------------------------------------------------------------------------- the step
@@ -243,10 +258,10 @@ class ComposeStep(Step):
         return plans
 
     def _own_background(self, item: ImageItem) -> str:
-        for r in self.pool.by_class.get(item.cls, []):
-            if _key(r) == item.key:
-                return r
-        raise ImageError(f"no background for this image in {self.pool.root}")
+        own = self.pool.own(item.key)
+        if own is None:
+            raise ImageError(f"no background for this image in {self.pool.root}")
+        return own
 
     def outputs(self, item: ImageItem) -> list[Path]:
         try:

@@ -182,3 +182,24 @@ def test_run_chains_all_steps_and_resumes(small_sample, tmp_path):
     result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", work, "--no-progress", "--workers", "1")
     assert "exists, kept" in " ".join(result.output.split())
     assert run_record(work / "composites")["counts"]["skipped"] == 24
+
+
+def test_background_choice_is_uniform_and_never_the_own_or_an_earlier_pick(tmp_path):
+    from collections import Counter
+
+    from autobackswap_cli.compose import BackgroundPool, item_rng
+    from autobackswap_cli.images import ImageItem
+    from PIL import Image
+
+    for cls, count in (("a", 4), ("b", 2)):
+        for i in range(count):
+            (tmp_path / "bg" / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / "bg" / cls / f"{i}.png")
+    pool = BackgroundPool(tmp_path / "bg")
+    item = ImageItem(Path("a/1.png"), tmp_path / "data")
+    picks = Counter(pool.choose(item, item_rng(0, "x", k), "same-class", {"a/2.png"}) for k in range(3000))
+    assert set(picks) == {"a/0.png", "a/3.png"}  # not its own (a/1), not the earlier pick (a/2)
+    assert abs(picks["a/0.png"] - 1500) < 150
+    classes = Counter(pool.choose(item, item_rng(0, "y", k), "any", set()).split("/")[0] for k in range(3000))
+    assert abs(classes["a"] - 1500) < 150  # class uniform first, although class a has twice the images
+    assert pool.choose(item, item_rng(0, "z", 0), "same-class", {"a/0.png", "a/2.png", "a/3.png"}) in {"a/0.png", "a/2.png", "a/3.png"}
