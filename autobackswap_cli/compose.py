@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from .engine import RunReport, Shard, Step, StepError, console
-from .images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, write_bytes_atomic, write_image_atomic
+from .images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
 
 BG_MODES = ("any", "other-class", "same-class", "next-class")
 VARIANTS = ("swap", "only-fg", "only-bg")
@@ -372,7 +372,7 @@ class ComposeStep(Step):
         write_bytes_atomic(self.out_dir / name, buf.getvalue().encode())
         self.manifest_count = len(rows)
         if self.preview and rows:
-            tiles = [read_image(self.out_dir / r["output"]) for r in rows[:: max(1, len(rows) // self.preview_count)][: self.preview_count]]
+            tiles = [read_image(self.out_dir / r["output"]) for r in spread_sample(rows, self.preview_count)]
             write_image_atomic(Path(self.preview), preview_grid(tiles))
             console.print(f"preview: {self.preview}")
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..engine import RunReport, Step, console
-from ..images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, write_image_atomic
+from ..images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_image_atomic
 from .base import InpaintOptions, paste_hole
 
 
@@ -53,7 +53,6 @@ class InpaintStep(Step):
         self.inpainter = make_inpainter(options)
         if self.inpainter.uses_model:
             self.compute = self._compute
-        self.previewed: list[ImageItem] = []
         self.no_foreground = 0
 
     def output_path(self, item: ImageItem) -> Path:
@@ -96,8 +95,6 @@ class InpaintStep(Step):
     def collect(self, item: ImageItem, had_foreground: bool) -> None:
         if not had_foreground:
             self.no_foreground += 1
-        if len(self.previewed) < self.preview_count:
-            self.previewed.append(item)
 
     def record(self) -> dict:
         return {
@@ -115,9 +112,10 @@ class InpaintStep(Step):
     def finish(self, report: RunReport, items) -> None:
         if self.no_foreground:
             console.print(f"[yellow]note:[/] {self.no_foreground} image(s) had no foreground in their mask and were copied unchanged")
-        if self.preview and self.previewed:
+        finished = [it for it in items if self.output_path(it).exists()] if self.preview else []
+        if finished:
             tiles = []
-            for item in self.previewed:
+            for item in spread_sample(finished, self.preview_count):
                 tiles.append(read_image(item.path))
                 tiles.append(read_image(self.output_path(item)))
             write_image_atomic(Path(self.preview), preview_grid(tiles, columns=6))
