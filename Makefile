@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO ?= demo_work
 ABS := $(BIN)/autobackswap
 
-.PHONY: install demo test bench sample-data clean
+.PHONY: install demo test browser bench sample-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ demo: $(STAMP)
 	@echo "  masks/train, masks/test   soft foreground masks (P(fg) * 255)"
 	@echo "  segment_preview.png        test images with their masks outlined"
 
+## browser: Debian's chromium for the real-browser tests (tests/test_labeler_browser.py), installed when missing
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
 ## test: the test suite (what CI runs)
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 ## bench: speed figures against their floors

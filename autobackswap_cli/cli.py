@@ -125,13 +125,17 @@ def label_cmd(
     grid: Annotated[Optional[int], typer.Option("--grid", help="Patch grid size P (default 16; --from-csv infers it from the mask length).", min=2)] = None,
     threshold: Annotated[float, typer.Option("--threshold", help="A patch is foreground when its mean mask value is at least this.", min=0.0, max=1.0)] = 0.25,
     export_csv: Annotated[Optional[Path], typer.Option("--export-csv", help="Also write LABELS as the reference masks.csv.")] = None,
+    segmenter: Annotated[Optional[Path], typer.Option("--segmenter", help="Labelling page: pre-fill each grid with this segmenter's prediction (SEGMENTER.pt).", dir_okay=False)] = None,
+    host: Annotated[str, typer.Option("--host", help="Labelling page: address to listen on (127.0.0.1 keeps it on this machine).")] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option("--port", help="Labelling page: port (default 8765, or a free one when taken; 0 = any free one).", min=0, max=65535)] = None,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Labelling page: do not open a browser.")] = False,
     seed: Seed = 0,
     workers: Workers = default_workers(),
     overwrite: Overwrite = False,
     fail_fast: FailFastOpt = False,
     no_progress: NoProgress = False,
 ) -> None:
-    """Make patch labels: import them from masks, a masks.csv or COCO (the interactive labeller comes later)."""
+    """Make patch labels: paint them on a local web page, or import them from masks, a masks.csv or COCO."""
     from .engine import prepare_items, run_step
     from .labels import DEFAULT_GRID, LabelImportStep, LabelsInfo, export_csv as write_csv, read_labels_info, select_stratified, source_from_coco, source_from_csv, source_from_masks, write_labels_info
 
@@ -144,7 +148,11 @@ def label_cmd(
             rows, unlabelled = write_csv(out, items, export_csv, read_labels_info(out).grid)
             console.print(f"exported {rows} labelled image(s) to {export_csv}" + (f" ({unlabelled} unlabelled patches written as 0)" if unlabelled else ""))
             return
-        raise StepError("the interactive labeller is not built yet: pass --from-masks DIR, --from-csv FILE or --from-coco FILE")
+        from .labeler import LabelStore, serve
+
+        store = LabelStore(data, out, items, count=count, seed=seed, grid=grid, segmenter=segmenter)
+        serve(store, host=host, port=port, open_browser=not no_browser)
+        return
     if from_masks:
         source = source_from_masks(from_masks, items, grid or DEFAULT_GRID, threshold)
     elif from_csv:

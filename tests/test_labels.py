@@ -161,6 +161,41 @@ def test_mask_of_wrong_size_fails_that_image_only(tmp_path):
     assert (tmp_path / "labels/cat/a.png").exists() and not (tmp_path / "labels/cat/b.png").exists()
 
 
-def test_label_without_importer_explains(small_sample, tmp_path):
-    result = cli("label", small_sample / "train", "-o", tmp_path / "l", expect=2)
-    assert "--from-masks" in result.output
+def test_label_without_importer_serves_the_page_until_ctrl_c(small_sample, tmp_path):
+    import os
+    import queue
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import urllib.request
+
+    labels = tmp_path / "l"
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("DISPLAY", None)
+    args = ["label", small_sample / "train", "-o", labels, "--count", "3", "--grid", "8", "--port", "0", "--no-browser"]
+    proc = subprocess.Popen([sys.executable, "-m", "autobackswap_cli", *map(str, args)], stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in iter(proc.stderr.readline, "")], daemon=True)
+    reader.start()
+    try:
+        printed = ""
+        while "Ctrl-C" not in printed:
+            printed += lines.get(timeout=60)
+        url = re.search(r"open (http://127\.0\.0\.1:(\d+)/)", printed)
+        assert url, printed
+        assert f"ssh -L {url[2]}:127.0.0.1:{url[2]} " in printed
+        session = json.loads(urllib.request.urlopen(url[1] + "api/session", timeout=10).read())
+        rel = session["images"][0]["rel"]
+        put = urllib.request.Request(url[1] + f"api/grid/{rel}", method="PUT", data=json.dumps({"grid": [[255] * 8] * 8}).encode(), headers={"Content-Type": "application/json"})
+        assert json.loads(urllib.request.urlopen(put, timeout=10).read())["state"] == "done"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        reader.join(10)
+    out = printed + "".join(lines.queue)
+    assert proc.returncode == 0, out
+    assert "1 of 3 images labelled" in out
+    assert read_grid(labels / f"{Path(rel).with_suffix('')}.png", 8).min() == FOREGROUND
+    assert run_record(labels)["counts"]["done"] == 1
