@@ -58,9 +58,16 @@ class FailFast(Exception):
 # --------------------------------------------------------------------------- options
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset / container CPU sets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers() -> int:
-    """Worker processes for decode/encode: one core is left to the main process."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """Worker processes for decode/encode: one per core (at most 16). The main process
+    mostly waits — on the workers, or on the GPU — so it needs no core of its own
+    (measured: on 2 cores, 2 workers segment ~1.5x faster than 1)."""
+    return max(1, min(16, available_cores()))
 
 
 @dataclass(frozen=True)
@@ -521,7 +528,7 @@ def _share_cores_with_workers(workers: int) -> int | None:
     if torch is None or workers == 0:
         return None
     previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(previous, (os.cpu_count() or 1) - workers)))
+    torch.set_num_threads(max(1, min(previous, available_cores() - workers)))
     return previous
 
 

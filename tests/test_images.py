@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+import cv2
 import numpy as np
 import pytest
 
@@ -56,6 +57,14 @@ def test_cmyk_colours_survive(tmp_path):
 def test_exif_orientation_is_applied(tmp_path):
     img = read_image(badfiles.exif_rotated_jpeg(tmp_path / "x.jpg", w=80, h=48))
     assert img.shape == (80, 48, 3)
+
+
+@pytest.mark.parametrize("make", ["exif_rotated_jpeg", "cmyk_jpeg", "png16", "rgba_png", "palette_png"])
+def test_gray_reading_is_the_luma_of_the_rgb_reading(tmp_path, make):
+    path = getattr(badfiles, make)(tmp_path / ("x.jpg" if "jpeg" in make else "x.png"))
+    rgb, gray = read_image(path), read_image(path, gray=True)
+    assert gray.shape == rgb.shape[:2] and gray.dtype == np.uint8
+    assert np.abs(gray.astype(int) - cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)).max() <= 2
 
 
 def test_scan_lists_classes_skips_hidden_and_reports_empty(tmp_path):

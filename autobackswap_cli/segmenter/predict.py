@@ -156,7 +156,8 @@ class SegmentStep(Step):
         probs, (h, w) = result
         soft = upsample_probabilities(probs, h, w)
         if self.options.refine != "none":
-            soft = refine_mask(read_image(item.path), soft, self.options.refine, cell=max(h, w) / self.grid)
+            guide = read_image(item.path, gray=self.options.refine == "guided")  # the guided filter needs luma only
+            soft = refine_mask(guide, soft, self.options.refine, cell=max(h, w) / self.grid)
         write_mask_atomic(mirror_path(self.out_dir, item.rel, ".png"), soft)
 
     def record(self) -> dict:
