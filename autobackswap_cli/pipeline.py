@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .compose import ComposeOptions, ComposeStep
-from .engine import RunOptions, RunReport, console, prepare_items, print_summary, run_step
+from .engine import RunOptions, RunReport, StepError, console, prepare_items, print_summary, run_step
 from .inpaint import InpaintOptions
 from .inpaint.step import FillRegion, InpaintStep
 from .segmenter.predict import SegmentOptions, SegmentStep
@@ -37,7 +37,12 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
     """Run every step in order; returns the item steps' reports (failures do not stop later steps)."""
     paths = work_paths(work)
     Path(work).mkdir(parents=True, exist_ok=True)
-    if paths["segmenter"].exists() and not options.run.overwrite:
+    if options.run.shard.count > 1 and not paths["segmenter"].exists():
+        raise StepError(
+            f"with shards, train the segmenter once before starting them, or every shard trains its own: "
+            f"autobackswap train-segmenter {data} {labels} -o {paths['segmenter']}"
+        )
+    if paths["segmenter"].exists() and (not options.run.overwrite or options.run.shard.count > 1):
         console.print(f"[bold]1/4 train-segmenter[/]: {paths['segmenter']} exists, kept (use --overwrite to retrain)")
     else:
         console.print("[bold]1/4 train-segmenter[/]")

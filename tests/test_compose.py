@@ -203,3 +203,9 @@ def test_background_choice_is_uniform_and_never_the_own_or_an_earlier_pick(tmp_p
     classes = Counter(pool.choose(item, item_rng(0, "y", k), "any", set()).split("/")[0] for k in range(3000))
     assert abs(classes["a"] - 1500) < 150  # class uniform first, although class a has twice the images
     assert pool.choose(item, item_rng(0, "z", 0), "same-class", {"a/0.png", "a/2.png", "a/3.png"}) in {"a/0.png", "a/2.png", "a/3.png"}
+
+
+def test_run_with_shards_wants_the_segmenter_trained_first(small_sample, tmp_path):
+    result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", tmp_path / "work", "--shard", "1/2", "--no-progress", expect=2)
+    assert "train the segmenter once" in " ".join(result.output.split())
+    assert not (tmp_path / "work" / "segmenter.pt").exists()
