@@ -150,10 +150,16 @@ def sample_placement(rng: np.random.Generator, options: ComposeOptions) -> Place
 
 
 def foreground_alpha(mask: np.ndarray, tight: float = 0.5, feather: float = 2.0) -> np.ndarray:
-    """Tight binary mask (P(fg) >= tight) with a Gaussian-feathered edge, float32 in [0, 1]."""
+    """Tight binary mask (P(fg) >= tight) with a Gaussian-feathered edge, float32 in [0, 1].
+
+    The soft edge lies inside the tight mask (eroded by ``feather`` px first), so the ring of the
+    image's own background around the foreground is not carried into a composite.
+    """
     alpha = (mask >= tight - 1e-6).astype(np.float32)
     if feather > 0 and alpha.any():
-        alpha = cv2.GaussianBlur(alpha, (0, 0), feather / 2.0)
+        r = max(1, round(feather))
+        inner = cv2.erode(alpha, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+        alpha = cv2.GaussianBlur(inner if inner.any() else alpha, (0, 0), feather / 2.0)
         alpha[alpha < 1e-3] = 0.0
         alpha[alpha > 1 - 1e-3] = 1.0
     return alpha
