@@ -15,17 +15,28 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: the pipeline on the shipped sample_data/ (CPU, a few minutes); results under $(DEMO)/
+## demo: the whole story on the shipped sample_data/ (CPU, ~3 minutes): a classifier trained on the originals
+## learns the background shortcut, one trained on the pipeline's composites does not. Results under $(DEMO)/
+DEMO_EVAL = --masks $(DEMO)/test/masks --backgrounds $(DEMO)/test/backgrounds --mix-from $(DEMO)/train/backgrounds \
+	--groups sample_data/test_groups.csv
 demo: $(STAMP)
-	$(ABS) train-segmenter sample_data/train sample_data/labels -o $(DEMO)/segmenter.pt
-	$(ABS) segment sample_data/train -m $(DEMO)/segmenter.pt -o $(DEMO)/masks/train --truth sample_data/masks/train
-	$(ABS) segment sample_data/test -m $(DEMO)/segmenter.pt -o $(DEMO)/masks/test --truth sample_data/masks/test \
-		--preview $(DEMO)/segment_preview.png
+	$(ABS) label sample_data/train --from-masks sample_data/masks/train --count 60 -o $(DEMO)/labels
+	$(ABS) run sample_data/train --labels $(DEMO)/labels -o $(DEMO)/train --per-image 3
+	$(ABS) compose sample_data/train $(DEMO)/train/masks $(DEMO)/train/backgrounds -o $(DEMO)/train/composites --per-image 3 \
+		--preview $(DEMO)/composites_preview.png
+	$(ABS) segment sample_data/test -m $(DEMO)/train/segmenter.pt -o $(DEMO)/test/masks --truth sample_data/masks/test
+	$(ABS) inpaint sample_data/test $(DEMO)/test/masks -o $(DEMO)/test/backgrounds
+	$(ABS) train-classifier sample_data/train -o $(DEMO)/originals.pt
+	$(ABS) train-classifier $(DEMO)/train/composites -o $(DEMO)/composites.pt
+	$(ABS) evaluate sample_data/test $(DEMO_EVAL) -m $(DEMO)/originals.pt -m $(DEMO)/composites.pt \
+		--json $(DEMO)/evaluation.json --chart $(DEMO)/evaluation.png --preview $(DEMO)/variants_preview.png
 	@echo
 	@echo "Results in $(DEMO)/:"
-	@echo "  segmenter.pt (+ segmenter.pt.json: validation metrics)"
-	@echo "  masks/train, masks/test   soft foreground masks (P(fg) * 255)"
-	@echo "  segment_preview.png        test images with their masks outlined"
+	@echo "  train/        segmenter.pt, masks/, backgrounds/, composites/ (3 per image, manifest.csv)"
+	@echo "  test/         masks/ and backgrounds/ of the test images, for evaluate"
+	@echo "  originals.pt, composites.pt   classifiers trained on the originals and on the composites"
+	@echo "  evaluation.json, evaluation.png   the table above, as JSON and as a bar chart"
+	@echo "  composites_preview.png, variants_preview.png   training composites; test images in the 6 variants"
 
 ## browser: Debian's chromium for the real-browser tests (tests/test_labeler_browser.py), installed when missing
 CHROMIUM ?= /usr/bin/chromium

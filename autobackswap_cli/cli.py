@@ -377,6 +377,71 @@ def compose_cmd(
     _finish(run_step(step, items, run_options, warnings))
 
 
+# ----------------------------------------------------------------- train-classifier
+
+
+@app.command("train-classifier")
+@_handles_errors
+def train_classifier_cmd(
+    data: Annotated[Path, typer.Argument(help="Training ImageFolder, e.g. compose's OUT (its manifest.csv is ignored).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="TorchScript file to write, e.g. model.pt (+ model.pt.json: the run record).", dir_okay=False)],
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.", min=1)] = 30,
+    image_size: Annotated[int, typer.Option("--image-size", help="Network input side; images are resized (squashed) to it.", min=16)] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (one-cycle schedule).")] = 1e-2,
+    batch_size: BatchSize = 32,
+    device: Device = "auto",
+    seed: Seed = 0,
+    no_progress: NoProgress = False,
+) -> None:
+    """Train a small CNN classifier (minutes on a CPU) to check what a dataset teaches; writes one TorchScript file."""
+    from .classifier import ClassifierOptions, train_classifier
+
+    opts = ClassifierOptions(epochs=epochs, image_size=image_size, lr=lr, batch_size=batch_size, device=device, seed=seed)
+    result = train_classifier(data, out, opts, progress=not no_progress)
+    console.print(
+        f"[green]classifier[/]: {result.images} images of {len(result.classes)} classes ({', '.join(result.classes)}), "
+        f"final train accuracy {result.train_accuracy:.3f} -> {out}"
+    )
+    if result.failures:
+        console.print(f"[red]{len(result.failures)} image(s) could not be read[/] (listed above)")
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------- evaluate
+
+
+@app.command("evaluate")
+@_handles_errors
+def evaluate_cmd(
+    test: Annotated[Path, typer.Argument(help="Test ImageFolder.")],
+    masks: Annotated[Path, typer.Option("--masks", help="MASKS of the test images (from `autobackswap segment`, or ground truth).")],
+    backgrounds: Annotated[Path, typer.Option("--backgrounds", help="BACKGROUNDS of the test images (from `autobackswap inpaint`).")],
+    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="TorchScript classifier (train-classifier writes one); repeat to compare models.", dir_okay=False)] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Or a torchvision model name (e.g. resnet18) ...")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="... with its state dict file (never downloaded).", dir_okay=False)] = None,
+    mix_from: Annotated[Optional[Path], typer.Option("--mix-from", help="Backgrounds for the mixed-* variants, by class (default: --backgrounds). On a test set whose backgrounds do not follow its classes, give the training set's.")] = None,
+    groups: Annotated[Optional[Path], typer.Option("--groups", help="CSV with image,background columns (image relative to TEST): per-group and worst-group accuracy.", dir_okay=False)] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON.", dir_okay=False)] = None,
+    chart: Annotated[Optional[Path], typer.Option("--chart", help="Write a bar chart PNG of the accuracies.", dir_okay=False)] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side (default: from the model file, else 224).", min=8)] = None,
+    device: Device = "auto",
+    batch_size: BatchSize = 32,
+    seed: Seed = 0,
+    preview: Preview = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """How much a classifier relies on backgrounds: IN-9 variants, BG-Gap, per-group and worst-group accuracy."""
+    from .evaluate import EvaluateOptions, ModelSource, evaluate, print_report
+
+    sources = [ModelSource(path=p) for p in model or []] + ([ModelSource(arch=arch, weights=weights)] if arch or weights else [])
+    options = EvaluateOptions(masks=masks, backgrounds=backgrounds, mix_from=mix_from, groups=groups, image_size=image_size, device=device,
+                              batch_size=batch_size, seed=seed, json_path=json_out, chart=chart, preview=preview)
+    evaluation = evaluate(test, sources, options, progress=not no_progress)
+    print_report(evaluation)
+    if evaluation.failures:
+        raise typer.Exit(1)
+
+
 # ----------------------------------------------------------------- run
 
 
