@@ -38,7 +38,7 @@ DEFAULT_FOREIGN_SIZE = 224  # input side for models that do not say (torchvision
 
 @dataclass
 class ClassifierOptions:
-    epochs: int = 30
+    epochs: int = 50
     batch_size: int = 32
     lr: float = 1e-2
     weight_decay: float = 5e-4

@@ -385,7 +385,7 @@ def compose_cmd(
 def train_classifier_cmd(
     data: Annotated[Path, typer.Argument(help="Training ImageFolder, e.g. compose's OUT (its manifest.csv is ignored).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="TorchScript file to write, e.g. model.pt (+ model.pt.json: the run record).", dir_okay=False)],
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.", min=1)] = 30,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.", min=1)] = 50,
     image_size: Annotated[int, typer.Option("--image-size", help="Network input side; images are resized (squashed) to it.", min=16)] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (one-cycle schedule).")] = 1e-2,
     batch_size: BatchSize = 32,

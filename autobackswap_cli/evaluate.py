@@ -38,7 +38,7 @@ from rich.table import Table
 from .classifier import Classifier, load_classifier
 from .compose import BackgroundPool, blend, fit_background, foreground_alpha, item_rng
 from .engine import RunReport, StepError, console, make_progress, prepare_items, print_summary
-from .images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, write_bytes_atomic, write_image_atomic
+from .images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
 
 VARIANTS = ("original", "only-fg", "only-bg", "mixed-same", "mixed-rand", "mixed-next")
 MIXED = {"mixed-same": "same-class", "mixed-rand": "any", "mixed-next": "next-class"}  # variant -> compose --bg-from
@@ -96,10 +96,7 @@ class VariantMaker:
     def __call__(self, item: ImageItem) -> dict[str, np.ndarray]:
         image = read_image(item.path)
         h, w = image.shape[:2]
-        mask_path = mirror_path(self.masks, item.rel, ".png")
-        if not mask_path.exists():
-            raise ImageError(f"no mask for this image (expected {mask_path})")
-        alpha = foreground_alpha(read_mask(mask_path, (h, w)))
+        alpha = foreground_alpha(read_mask(mirror_path(self.masks, item.rel, ".png"), (h, w)))
         if not alpha.any():
             raise ImageError("no foreground in the mask at P(fg) >= 0.5")
         if item.key not in self.own:
@@ -147,7 +144,7 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
 
     correct = {m.name: {v: {} for v in VARIANTS} for m in models}
     failures: list[dict] = []
-    preview_keys = {it.key for it in items[:: max(1, len(items) // PREVIEW_IMAGES)][:PREVIEW_IMAGES]}
+    preview_keys = {it.key for it in spread_sample(items, PREVIEW_IMAGES)}
     preview_tiles: list[np.ndarray] = []
     with make_progress(enabled=progress) as bar:
         task = bar.add_task("evaluate", total=len(items), status="")
