@@ -109,6 +109,11 @@ class Classifier:
     image_size: int
     device: torch.device
 
+    def output_width(self) -> int:
+        """How many classes the model scores (one forward pass on a black image)."""
+        with torch.inference_mode():
+            return int(self.module(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)).shape[1])
+
     def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Class indices for RGB uint8 arrays of any size."""
         x = normalise(to_uint8_batch([square(im, self.image_size) for im in images]).to(self.device))

@@ -202,12 +202,15 @@ def _name_uniquely(models: list[Classifier]) -> None:
 
 def _label_names(model: Classifier, test_classes: list[str]) -> list[str]:
     """The class name of each model output; a model that does not name them uses TEST's sorted classes (ImageFolder order)."""
-    if model.classes is None:
-        return test_classes
-    missing = sorted(set(test_classes) - set(model.classes))
+    names = model.classes or test_classes
+    width = model.output_width()
+    if width != len(names):
+        said = "its file names" if model.classes else "TEST has (the model names none)"
+        raise StepError(f"model {model.source} scores {width} classes, but {said} {len(names)}: {', '.join(names)}")
+    missing = sorted(set(test_classes) - set(names))
     if missing:
-        raise StepError(f"model {model.source} does not know the test class(es) {', '.join(missing)} (it knows {', '.join(model.classes)})")
-    return model.classes
+        raise StepError(f"model {model.source} does not know the test class(es) {', '.join(missing)} (it knows {', '.join(names)})")
+    return names
 
 
 def _mean(values) -> float | None:

@@ -135,6 +135,8 @@ def test_bad_inputs_are_named_and_one_missing_mask_fails_only_that_image(colour_
     torch.save({"w": torch.zeros(1)}, state_dict)
     assert "not a TorchScript model" in _evaluate(test, masks, backgrounds, "-m", state_dict, expect=2).output
     assert "needs --arch" in _evaluate(test, masks, backgrounds, "--weights", state_dict, expect=2).output
+    five_classes = _save_script(MeanColourModel(torch.rand(5, 3)), tmp_path / "five.pt")
+    assert "scores 5 classes" in " ".join(_evaluate(test, masks, backgrounds, "-m", five_classes, expect=2).output.split())
     assert "at least one model" in _evaluate(test, masks, backgrounds, expect=2).output
     (tmp_path / "groups.csv").write_text("file,colour\n")
     assert "needs the columns" in _evaluate(test, masks, backgrounds, "-m", colour_model, "--groups", tmp_path / "groups.csv", expect=2).output
