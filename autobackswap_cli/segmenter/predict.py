@@ -8,6 +8,7 @@ size, optionally snap edges to the image (``--refine``), and write the PNG.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import cv2
@@ -138,12 +139,15 @@ class SegmentStep(Step):
         self._mean = torch.as_tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.as_tensor(self.std, device=self.device).view(1, 3, 1, 1)
 
-    def load(self, item: ImageItem) -> tuple[np.ndarray, tuple[int, int]]:
+    def load(self, item: ImageItem) -> tuple[np.ndarray, tuple[tuple[int, int], np.ndarray | None]]:
+        """Worker: the model's input (C x S x S) and, for refining, the full-size guide (luma or RGB)."""
         image = read_image(item.path)
         small = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(small.transpose(2, 0, 1)), image.shape[:2]
+        guide = {"guided": lambda: cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), "grabcut": lambda: image}.get(self.options.refine, lambda: None)()
+        return np.ascontiguousarray(small.transpose(2, 0, 1)), (image.shape[:2], guide)
 
-    def compute(self, batch: list[tuple[np.ndarray, tuple[int, int]]]) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    def compute(self, batch: list[tuple[np.ndarray, Any]]) -> list[tuple[np.ndarray, Any]]:
+        """Main process: P x P foreground probabilities for a batch; what ``load`` passed along goes on to ``write``."""
         import torch
 
         x = torch.from_numpy(np.stack([b[0] for b in batch])).to(self.device, non_blocking=True)
@@ -152,11 +156,10 @@ class SegmentStep(Step):
             probs = torch.sigmoid(self.model(x).float()).cpu().numpy()
         return [(p, b[1]) for p, b in zip(probs, batch)]
 
-    def write(self, item: ImageItem, result: tuple[np.ndarray, tuple[int, int]]) -> None:
-        probs, (h, w) = result
+    def write(self, item: ImageItem, result: tuple[np.ndarray, tuple[tuple[int, int], np.ndarray | None]]) -> None:
+        probs, ((h, w), guide) = result
         soft = upsample_probabilities(probs, h, w)
-        if self.options.refine != "none":
-            guide = read_image(item.path, gray=self.options.refine == "guided")  # the guided filter needs luma only
+        if guide is not None:
             soft = refine_mask(guide, soft, self.options.refine, cell=max(h, w) / self.grid)
         write_mask_atomic(mirror_path(self.out_dir, item.rel, ".png"), soft)
 
