@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +149,20 @@ def test_output_inside_input_is_left_out_and_equal_is_refused(tmp_path):
     assert len(items) == 4 and any("inside the input folder" in w for w in warnings)
     with pytest.raises(StepError, match="input folder itself"):
         prepare_items(data, data)
+
+
+def test_a_script_without_main_guard_runs_once_with_workers(tmp_path, small_sample, tiny_checkpoint):
+    """Workers must not re-run the caller's script (it would run the step again in every worker)."""
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import sys\n"
+        "from autobackswap_cli.cli import main\n"
+        "print('SCRIPT BODY RAN', flush=True)\n"
+        f"sys.argv = ['autobackswap', 'segment', {str(small_sample / 'test')!r}, '-m', {str(tiny_checkpoint)!r},\n"
+        f"            '-o', {str(tmp_path / 'masks')!r}, '--workers', '2', '--no-progress']\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("SCRIPT BODY RAN") == 1
+    assert len(list((tmp_path / "masks").rglob("*.png"))) == 18
