@@ -153,16 +153,29 @@ def foreground_alpha(mask: np.ndarray, tight: float = 0.5, feather: float = 2.0)
     """Tight binary mask (P(fg) >= tight) with a Gaussian-feathered edge, float32 in [0, 1].
 
     The soft edge lies inside the tight mask (eroded by ``feather`` px first), so the ring of the
-    image's own background around the foreground is not carried into a composite.
+    image's own background around the foreground is not carried into a composite. Only a box
+    around the foreground is filtered: outside it alpha is 0 either way.
     """
-    alpha = (mask >= tight - 1e-6).astype(np.float32)
-    if feather > 0 and alpha.any():
-        r = max(1, round(feather))
-        inner = cv2.erode(alpha, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-        alpha = cv2.GaussianBlur(inner if inner.any() else alpha, (0, 0), feather / 2.0)
-        alpha[alpha < 1e-3] = 0.0
-        alpha[alpha > 1 - 1e-3] = 1.0
+    hard = mask >= tight - 1e-6
+    if feather <= 0 or not hard.any():
+        return hard.astype(np.float32)
+    r = max(1, round(feather))
+    pad = r + int(np.ceil(2 * feather)) + 2  # erosion radius + the blur's reach (OpenCV: 4 sigma, sigma = feather / 2)
+    y0, y1, x0, x1 = _box(hard, pad)
+    crop = hard[y0:y1, x0:x1].astype(np.float32)
+    inner = cv2.erode(crop, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    soft = cv2.GaussianBlur(inner if inner.any() else crop, (0, 0), feather / 2.0)
+    soft[soft < 1e-3] = 0.0
+    soft[soft > 1 - 1e-3] = 1.0
+    alpha = np.zeros(mask.shape, np.float32)
+    alpha[y0:y1, x0:x1] = soft
     return alpha
+
+
+def _box(nonzero: np.ndarray, pad: int = 0) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the bounding box of the non-zero pixels, grown by ``pad``, inside the array."""
+    x, y, w, h = cv2.boundingRect(nonzero.view(np.uint8) if nonzero.dtype == bool else nonzero)
+    return max(0, y - pad), min(nonzero.shape[0], y + h + pad), max(0, x - pad), min(nonzero.shape[1], x + w + pad)
 
 
 def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -209,9 +222,16 @@ def place_foreground(image: np.ndarray, alpha: np.ndarray, placement: Placement)
 
 
 def blend(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """alpha * foreground + (1 - alpha) * background, rounded to uint8 (exact where alpha is 0 or 1)."""
-    alpha = np.ascontiguousarray(alpha, dtype=np.float32)
-    return cv2.blendLinear(np.ascontiguousarray(foreground), np.ascontiguousarray(background), alpha, 1.0 - alpha)
+    """alpha * foreground + (1 - alpha) * background, rounded to uint8 (exact where alpha is 0 or 1).
+
+    Only the box where alpha > 0 is computed; the rest is the background.
+    """
+    out = background.copy()
+    y0, y1, x0, x1 = _box(alpha > 0)
+    if y1 > y0 and x1 > x0:
+        a = np.ascontiguousarray(alpha[y0:y1, x0:x1], dtype=np.float32)
+        out[y0:y1, x0:x1] = cv2.blendLinear(np.ascontiguousarray(foreground[y0:y1, x0:x1]), np.ascontiguousarray(background[y0:y1, x0:x1]), a, 1.0 - a)
+    return out
 
 
 # --------------------------------------------------------------------------- the step
