@@ -127,11 +127,11 @@ class SegmentStep(Step):
         import torch
 
         from ..engine import resolve_device
-        from .model import load_segmenter
+        from .model import load_segmenter, optimize_for_inference
 
         self.device = resolve_device(self.options.device)
         model, _ = load_segmenter(self.checkpoint)
-        self.model = model.to(self.device)
+        self.model = optimize_for_inference(model).to(self.device)
         precision = self.options.precision
         if precision == "auto":
             precision = "fp16" if self.device.type == "cuda" else "fp32"
@@ -151,7 +151,7 @@ class SegmentStep(Step):
         import torch
 
         x = torch.from_numpy(np.stack([b[0] for b in batch])).to(self.device, non_blocking=True)
-        x = (x.float() / 255.0 - self._mean) / self._std
+        x = ((x.float() / 255.0 - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             probs = torch.sigmoid(self.model(x).float()).cpu().numpy()
         return [(p, b[1]) for p, b in zip(probs, batch)]
