@@ -21,9 +21,7 @@ DEMO_EVAL = --masks $(DEMO)/test/masks --backgrounds $(DEMO)/test/backgrounds --
 	--groups sample_data/test_groups.csv
 demo: $(STAMP)
 	$(ABS) label sample_data/train --from-masks sample_data/masks/train --count 60 -o $(DEMO)/labels
-	$(ABS) run sample_data/train --labels $(DEMO)/labels -o $(DEMO)/train --per-image 3
-	$(ABS) compose sample_data/train $(DEMO)/train/masks $(DEMO)/train/backgrounds -o $(DEMO)/train/composites --per-image 3 \
-		--preview $(DEMO)/composites_preview.png
+	$(ABS) run sample_data/train --labels $(DEMO)/labels -o $(DEMO)/train --per-image 3 --preview $(DEMO)/composites_preview.png
 	$(ABS) segment sample_data/test -m $(DEMO)/train/segmenter.pt -o $(DEMO)/test/masks --truth sample_data/masks/test
 	$(ABS) inpaint sample_data/test $(DEMO)/test/masks -o $(DEMO)/test/backgrounds
 	$(ABS) train-classifier sample_data/train -o $(DEMO)/originals.pt
@@ -49,9 +47,13 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
-## bench: speed figures against their floors
+## bench: speed and quality against their floors and peers, side by side (~10 minutes on 2 cores; run on a quiet machine)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/segment.py
+	$(BIN)/python benchmarks/inpaint.py
+	$(BIN)/python benchmarks/compose.py
+	$(BIN)/python benchmarks/label_effort.py
+	$(BIN)/python benchmarks/background_reliance.py
 
 ## sample-data: regenerate the committed sample_data/ (deterministic)
 sample-data: $(STAMP)

@@ -466,6 +466,7 @@ def run_cmd(
     shard: ShardOpt = None,
     overwrite: Overwrite = False,
     fail_fast: FailFastOpt = False,
+    preview: Preview = None,
     no_progress: NoProgress = False,
 ) -> None:
     """The whole chain: train-segmenter, segment, inpaint, compose (resumable step by step)."""
@@ -481,6 +482,7 @@ def run_cmd(
         inpaint=InpaintOptions(method=method, model=model, seed=seed, device=device),
         compose=ComposeOptions(per_image=per_image, bg_from=bg_from, seed=seed),
         run=_run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress),
+        preview=str(preview) if preview else None,
     )
     reports = run_pipeline(data, labels, out, options)
     console.print(f"[green]done[/]: composites in {out / 'composites'} (manifest.csv lists each one)")

@@ -26,6 +26,7 @@ class PipelineOptions:
     region: FillRegion = field(default_factory=FillRegion)
     compose: ComposeOptions = field(default_factory=ComposeOptions)
     run: RunOptions = field(default_factory=RunOptions)
+    preview: str | None = None  # a PNG grid of composites
 
 
 def work_paths(work: Path) -> dict[str, Path]:
@@ -57,7 +58,7 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
     reports.append(run_step(InpaintStep(paths["masks"], paths["backgrounds"], options.inpaint, options.region), items, options.run, warnings))
     print_summary(reports[-1])
     console.print("[bold]4/4 compose[/]")
-    compose = ComposeStep(paths["masks"], paths["backgrounds"], paths["composites"], options.compose, shard=options.run.shard)
+    compose = ComposeStep(paths["masks"], paths["backgrounds"], paths["composites"], options.compose, shard=options.run.shard, preview=options.preview)
     reports.append(run_step(compose, items, options.run, warnings))
     print_summary(reports[-1])
     return reports

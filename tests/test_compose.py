@@ -175,7 +175,8 @@ def test_backswap_dataset_composes_on_the_fly(small_sample):
 
 def test_run_chains_all_steps_and_resumes(small_sample, tmp_path):
     work = tmp_path / "work"
-    cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", work, "--no-progress", "--workers", "1")
+    cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", work, "--no-progress", "--workers", "1", "--preview", tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
     for sub in ("masks", "backgrounds", "composites"):
         assert run_record(work / sub)["counts"]["done"] == 24
     assert (work / "segmenter.pt").exists() and len(_manifest(work / "composites")) == 24
