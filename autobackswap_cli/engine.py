@@ -31,6 +31,7 @@ import traceback
 from collections import deque
 from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -549,6 +550,14 @@ def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnin
         report.wall_time_s = time.perf_counter() - t0
         write_run_record(_record_path(out_dir, options.shard), _record(step, report, options, started))
         raise
+    except BrokenProcessPool as exc:
+        _stop_executor(executor)
+        report.wall_time_s = time.perf_counter() - t0
+        write_run_record(_record_path(out_dir, options.shard), _record(step, report, options, started))
+        raise StepError(
+            f"a worker process died ({exc}); often the system ran out of memory on a large image: "
+            f"rerun to continue where it stopped, with fewer --workers if it happens again"
+        ) from exc
     except BaseException:  # e.g. setup() could not load its model: no worker may outlive the run
         _stop_executor(executor)
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,21 @@ def test_a_script_without_main_guard_runs_once_with_workers(tmp_path, small_samp
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("SCRIPT BODY RAN") == 1
     assert len(list((tmp_path / "masks").rglob("*.png"))) == 18
+
+
+class _KillsItsWorker(InvertStep):
+    """Its worker process dies on one image, as when the kernel kills it for memory."""
+
+    def load(self, item):
+        if item.rel.name == "004.png":
+            os._exit(9)
+        return super().load(item)
+
+
+def test_a_dead_worker_is_a_clear_error_and_a_rerun_finishes(tmp_path):
+    items, _ = prepare_items(_folder(tmp_path / "data"))
+    with pytest.raises(StepError, match="worker process died"):
+        run_step(_KillsItsWorker(tmp_path / "out", batched=False), items, RunOptions(workers=2, progress=False))
+    assert json.loads((tmp_path / "out" / "autobackswap.json").read_text())["step"] == "invert"
+    report = run_step(InvertStep(tmp_path / "out", batched=False), items, RunOptions(workers=2, progress=False))
+    assert report.ok and report.done + report.skipped == 10 and len(list((tmp_path / "out").rglob("*.png"))) == 10
