@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from .engine import RunReport, Shard, Step, StepError, console
-from .images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
+from .images import ImageError, ImageItem, bounding_box, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
 
 BG_MODES = ("any", "other-class", "same-class", "next-class")
 VARIANTS = ("swap", "only-fg", "only-bg")
@@ -161,7 +161,7 @@ def foreground_alpha(mask: np.ndarray, tight: float = 0.5, feather: float = 2.0)
         return hard.astype(np.float32)
     r = max(1, round(feather))
     pad = r + int(np.ceil(2 * feather)) + 2  # erosion radius + the blur's reach (OpenCV: 4 sigma, sigma = feather / 2)
-    y0, y1, x0, x1 = _box(hard, pad)
+    y0, y1, x0, x1 = bounding_box(hard, pad)
     crop = hard[y0:y1, x0:x1].astype(np.float32)
     inner = cv2.erode(crop, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     soft = cv2.GaussianBlur(inner if inner.any() else crop, (0, 0), feather / 2.0)
@@ -170,12 +170,6 @@ def foreground_alpha(mask: np.ndarray, tight: float = 0.5, feather: float = 2.0)
     alpha = np.zeros(mask.shape, np.float32)
     alpha[y0:y1, x0:x1] = soft
     return alpha
-
-
-def _box(nonzero: np.ndarray, pad: int = 0) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1): the bounding box of the non-zero pixels, grown by ``pad``, inside the array."""
-    x, y, w, h = cv2.boundingRect(nonzero.view(np.uint8) if nonzero.dtype == bool else nonzero)
-    return max(0, y - pad), min(nonzero.shape[0], y + h + pad), max(0, x - pad), min(nonzero.shape[1], x + w + pad)
 
 
 def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -227,7 +221,7 @@ def blend(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> 
     Only the box where alpha > 0 is computed; the rest is the background.
     """
     out = background.copy()
-    y0, y1, x0, x1 = _box(alpha > 0)
+    y0, y1, x0, x1 = bounding_box(alpha > 0)
     if y1 > y0 and x1 > x0:
         a = np.ascontiguousarray(alpha[y0:y1, x0:x1], dtype=np.float32)
         out[y0:y1, x0:x1] = cv2.blendLinear(np.ascontiguousarray(foreground[y0:y1, x0:x1]), np.ascontiguousarray(background[y0:y1, x0:x1]), a, 1.0 - a)
@@ -260,6 +254,7 @@ class ComposeStep(Step):
         self.preview = preview
         self.preview_count = preview_count
         self.rows: dict[str, dict] = {}
+        self.collected: set[str] = set()  # keys of items whose rows this run already has
         self.manifest_count = 0
 
     # planning is pure: the same item always gets the same composites
@@ -351,6 +346,7 @@ class ComposeStep(Step):
     def collect(self, item: ImageItem, rows: list[dict]) -> None:
         for row in rows:
             self.rows[row["output"]] = row
+        self.collected.add(item.key)
 
     def record(self) -> dict:
         o = self.options
@@ -363,9 +359,8 @@ class ComposeStep(Step):
     def results(self) -> dict:
         return {"composites_in_manifest": self.manifest_count}
 
-    def manifest_rows(self, item: ImageItem) -> list[dict]:
+    def manifest_rows(self, item: ImageItem, plans: list[Composite]) -> list[dict]:
         """The manifest rows of an item finished earlier, without redoing its composites (reads only its mask)."""
-        plans = self.plan(item)
         alpha = None
         rows = []
         for plan in plans:
@@ -380,15 +375,14 @@ class ComposeStep(Step):
     def finish(self, report: RunReport, items: Sequence[ImageItem]) -> None:
         """Write the manifest for every composite of this shard on disk (this run's and earlier runs')."""
         for item in items:
+            if item.key in self.collected:  # composed in this run
+                continue
             try:
                 plans = self.plan(item)
+                if all(self.out_dir.joinpath(Path(p.output)).exists() for p in plans):  # finished by an earlier run
+                    self.collect(item, self.manifest_rows(item, plans))
             except ImageError:
                 continue
-            if all(self.out_dir.joinpath(Path(p.output)).exists() for p in plans) and not all(str(p.output) in self.rows for p in plans):
-                try:  # finished by an earlier run
-                    self.collect(item, self.manifest_rows(item))
-                except ImageError:
-                    pass
         rows = sorted(self.rows.values(), key=lambda r: r["output"])
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
