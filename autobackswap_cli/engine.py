@@ -43,7 +43,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .images import FolderScan, ImageError, ImageItem, remove_stale_temp_files, scan_image_folder
+from .images import FolderScan, ImageError, ImageItem, is_inside, remove_stale_temp_files, scan_image_folder
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -162,6 +162,18 @@ def resolve_device(name: str = "auto"):
     raise StepError(f"--device {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
 
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # --precision -> torch dtype name
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto`` -> fp16 on CUDA, fp32 elsewhere; anything but auto/fp32/fp16/bf16 is an error."""
+    if precision == "auto":
+        return "fp16" if device_type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise StepError(f"--precision must be auto, fp32, fp16 or bf16; got {precision!r}")
+    return precision
+
+
 # --------------------------------------------------------------------------- reading the input
 
 
@@ -179,11 +191,8 @@ def prepare_items(data_dir: Path, out_dir: Path | None = None, extra_outputs: Se
     for out in outputs:
         if Path(out).resolve() == data_dir.resolve():
             raise StepError(f"output {out} is the input folder itself; choose another folder (inputs are never modified)")
-        try:
-            Path(out).resolve().relative_to(data_dir.resolve())
+        if is_inside(Path(out), data_dir):
             warnings.append(f"output folder {out} is inside the input folder {data_dir}; it is left out of the input")
-        except ValueError:
-            pass
     scan: FolderScan = scan_image_folder(data_dir, exclude=outputs)
     for cls in scan.empty_classes:
         warnings.append(f"class folder '{cls}' has no images; it is skipped")

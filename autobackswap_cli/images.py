@@ -73,7 +73,8 @@ def is_image_file(path: Path | PurePosixPath) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _is_inside(path: Path, folder: Path) -> bool:
+def is_inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` (symlinks resolved) is ``folder`` or lies below it."""
     try:
         path.resolve().relative_to(folder.resolve())
         return True
@@ -102,13 +103,13 @@ def scan_image_folder(root: Path | str, exclude: Sequence[Path | str] = ()) -> F
         if entry.is_file():
             skipped.append(entry.name)
             continue
-        if not entry.is_dir() or any(_is_inside(entry, e) for e in excluded):
+        if not entry.is_dir() or any(is_inside(entry, e) for e in excluded):
             continue
         found = 0
         for dirpath, dirnames, filenames in os.walk(entry):
             here = Path(dirpath)
             dirnames[:] = sorted(
-                d for d in dirnames if not d.startswith(".") and not any(_is_inside(here / d, e) for e in excluded)
+                d for d in dirnames if not d.startswith(".") and not any(is_inside(here / d, e) for e in excluded)
             )
             for name in sorted(filenames):
                 if name.startswith("."):
@@ -125,6 +126,16 @@ def scan_image_folder(root: Path | str, exclude: Sequence[Path | str] = ()) -> F
             empty.append(entry.name)
     items.sort()
     return FolderScan(items=items, classes=classes, empty_classes=empty, skipped_files=skipped)
+
+
+def bounding_box(mask: np.ndarray, pad: int = 0, relative_pad: float = 0.0) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the box around a 2-D mask's non-zero pixels, grown on every side by
+    ``pad`` px or ``relative_pad`` x the box's larger side, whichever is more, and kept inside
+    the mask. An empty mask gives an empty box."""
+    flat = np.ascontiguousarray(mask)
+    x, y, w, h = cv2.boundingRect(flat.view(np.uint8) if flat.dtype == bool else flat)
+    pad = max(pad, int(round(relative_pad * max(w, h))))
+    return max(0, y - pad), min(mask.shape[0], y + h + pad), max(0, x - pad), min(mask.shape[1], x + w + pad)
 
 
 def mirror_path(out_root: Path, rel: PurePosixPath | str, suffix: str | None = None) -> Path:

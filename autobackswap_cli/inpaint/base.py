@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..images import bounding_box
+
 
 @dataclass
 class InpaintOptions:
@@ -55,12 +57,9 @@ class Inpainter:
 
 
 def hole_box(hole: np.ndarray, margin: float, min_margin: int = 8) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1): the hole's bounding box grown by ``margin`` x its larger side, inside the image."""
-    ys, xs = np.nonzero(hole)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    pad = max(min_margin, int(round(margin * max(y1 - y0, x1 - x0))))
-    h, w = hole.shape
-    return max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
+    """(y0, y1, x0, x1): the hole's bounding box grown by ``margin`` x its larger side (at least
+    ``min_margin`` px), inside the image."""
+    return bounding_box(hole, pad=min_margin, relative_pad=margin)
 
 
 def context_box(hole: np.ndarray, margin: float, min_side: int = 0, square: bool = False) -> tuple[int, int, int, int]:

@@ -25,20 +25,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..engine import StepError, console, resolve_device
+from ..engine import PRECISIONS, StepError, console, resolve_device, resolve_precision
 from .base import InpaintOptions, Inpainter, context_box, paste_hole
-
-PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def resolve_precision(precision: str, device_type: str) -> str:
-    """``auto`` -> fp16 on CUDA, fp32 elsewhere; anything but auto/fp32/fp16/bf16 is an error."""
-    if precision == "auto":
-        return "fp16" if device_type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise StepError(f"--precision must be auto, fp32, fp16 or bf16; got {precision!r}")
-    return precision
-
 
 def image_seed(seed: int, image: np.ndarray, hole: np.ndarray) -> int:
     """A per-image seed from ``seed`` and the image's pixels and hole: stable across batches and runs."""

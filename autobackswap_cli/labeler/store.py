@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import __version__
 from ..engine import StepError
-from ..images import ImageError, ImageItem, encode_image, write_bytes_atomic
+from ..images import ImageError, ImageItem, encode_image, is_inside, write_bytes_atomic
 from ..labels import BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, label_path, read_grid, read_labels_info, select_stratified, write_labels_info
 
 SESSION_FILE = "labeler.json"
@@ -58,15 +58,6 @@ def interleave_classes(keys: list[str]) -> list[str]:
         by_class.setdefault(key.split("/")[0], []).append(key)
     queues = list(by_class.values())
     return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
-
-
-def _inside(path: Path, root: Path) -> bool:
-    """True when ``path`` (symlinks resolved) lies under ``root``."""
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 class GridPredictor:
@@ -179,13 +170,13 @@ class LabelStore:
 
     def image_path(self, rel: str) -> Path:
         path = self.item(rel).path
-        if not _inside(path, self.data_dir):
+        if not is_inside(path, self.data_dir):
             raise RequestError(403, f"{rel} points outside {self.data_dir}")
         return path
 
     def _label_file(self, rel: str) -> Path:
         path = label_path(self.labels_dir, self.items[rel])
-        if not _inside(path, self.labels_dir):
+        if not is_inside(path, self.labels_dir):
             raise RequestError(403, f"the label file of {rel} would lie outside {self.labels_dir}")
         return path
 

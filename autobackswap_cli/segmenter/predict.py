@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..engine import RunReport, Step, StepError, console
+from ..engine import PRECISIONS, RunReport, Step, StepError, console, resolve_device, resolve_precision
 from ..images import ImageItem, mirror_path, overlay_mask, preview_grid, read_image, read_mask, spread_sample, write_image_atomic, write_mask_atomic
 
 REFINE_METHODS = ("none", "guided", "grabcut")
@@ -126,16 +126,12 @@ class SegmentStep(Step):
     def setup(self) -> None:
         import torch
 
-        from ..engine import resolve_device
         from .model import load_segmenter, optimize_for_inference
 
         self.device = resolve_device(self.options.device)
         model, _ = load_segmenter(self.checkpoint)
         self.model = optimize_for_inference(model).to(self.device)
-        precision = self.options.precision
-        if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else "fp32"
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.dtype = getattr(torch, PRECISIONS[resolve_precision(self.options.precision, self.device.type)])
         self._mean = torch.as_tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.as_tensor(self.std, device=self.device).view(1, 3, 1, 1)
 
@@ -143,7 +139,11 @@ class SegmentStep(Step):
         """Worker: the model's input (C x S x S) and, for refining, the full-size guide (luma or RGB)."""
         image = read_image(item.path)
         small = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
-        guide = {"guided": lambda: cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), "grabcut": lambda: image}.get(self.options.refine, lambda: None)()
+        guide = None  # --refine none
+        if self.options.refine == "guided":
+            guide = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        elif self.options.refine == "grabcut":
+            guide = image
         return np.ascontiguousarray(small.transpose(2, 0, 1)), (image.shape[:2], guide)
 
     def compute(self, batch: list[tuple[np.ndarray, Any]]) -> list[tuple[np.ndarray, Any]]:
