@@ -1,0 +1,54 @@
+"""The quality figures of the real-photo benchmark, one function each, shared by the benchmark scripts.
+
+All take uint8 RGB images (H x W x 3) and boolean or [0, 1] float masks of the same size.
+
+- ``mask_iou``: IoU of a predicted soft mask and the true one, both cut at 0.5.
+- ``halo``: the share of what a composite pastes (the alpha) that is background in the truth: the ring of the
+  image's own background that travels with the foreground into every composite.
+- ``hole_psnr``: PSNR of a fill against the true clean background, over the hole's pixels only.
+- ``texture_ratio``: fine-texture energy of a fill inside the hole over the true background's there. A smooth
+  blob scores ~0.1; a fill that continues the texture scores ~1. The hole's outer 2 px are left out, so a seam
+  at the hole's edge does not count as texture.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+FINE_SIGMA = 1.0  # the scale of "fine" texture: what a Gaussian of this sigma removes
+
+
+def mask_iou(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
+    p, t = pred >= threshold, truth >= threshold
+    union = np.logical_or(p, t).sum()
+    return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
+
+
+def halo(alpha: np.ndarray, truth: np.ndarray) -> float:
+    """Alpha-weighted share of the cut-out lying on true background (truth < 0.5)."""
+    total = float(alpha.sum())
+    return 0.0 if total <= 0 else float((alpha * (truth < 0.5)).sum() / total)
+
+
+def hole_psnr(filled: np.ndarray, true_background: np.ndarray, hole: np.ndarray) -> float | None:
+    if not hole.any():
+        return None
+    diff = filled[hole].astype(np.float64) - true_background[hole].astype(np.float64)
+    mse = float((diff**2).mean())
+    return 99.0 if mse <= 1e-10 else 10 * np.log10(255.0**2 / mse)
+
+
+def fine_texture(image: np.ndarray) -> np.ndarray:
+    """Per-pixel fine-texture energy: the squared difference of luma and its Gaussian blur."""
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    detail = gray - cv2.GaussianBlur(gray, (0, 0), FINE_SIGMA)
+    return detail * detail
+
+
+def texture_ratio(filled: np.ndarray, true_background: np.ndarray, hole: np.ndarray) -> float | None:
+    inner = cv2.erode(hole.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    if inner.sum() < 16:
+        return None
+    truth = float(fine_texture(true_background)[inner].mean())
+    return None if truth <= 1e-6 else float(fine_texture(filled)[inner].mean() / truth)

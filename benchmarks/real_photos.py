@@ -1,0 +1,227 @@
+"""The real-photo benchmark: our defaults beside the ceiling and a zero-label peer, on real photographs.
+
+Every quality claim is checked here. The data (see real_photo_data.py) is built at run time, offline, from photos
+that scikit-image and scikit-learn ship: three object classes on real background photos, Waterbirds-style (100 %
+spurious training split, every class x background group in test), in two variants: ``plain`` and ``distractors``
+(each background family holds its own salient object, which the labels must teach the segmenter to leave in the
+background). For each variant and condition it prints, side by side:
+
+- mask IoU on the training images that carry no label (cut at 0.5), against the true masks;
+- halo: the share of the pasted cut-out (compose's alpha) that is truly background;
+- hole PSNR and texture ratio of the fill against the true clean background, inside the hole; filled area;
+- worst-group and mean accuracy on the test split of a small classifier (`train-classifier`, which shares nothing
+  with the segmenter) trained on the condition's composites, over seeds.
+
+Conditions:
+- ``ours``: `autobackswap run` with all defaults and 150 patch labels imported from true masks (`label --from-masks`);
+- ``ceiling``: composites from the true masks and the true clean backgrounds;
+- ``grabcut``: a zero-label peer: GrabCut from each object's true bounding box (as IN-9 used boxes), OpenCV Telea
+  on the GrabCut mask grown by 4 px, plain pasting (no feather);
+- ``originals``: the classifier trained on the training images themselves (the shortcut, for reference).
+A salient-object model is not among the peers: none installs from the package registries with its weights (the
+ones found fetch weights from a hub at run time).
+
+Nothing is tuned on the test split: it is only read by the classifier's final evaluation.
+
+    .venv/bin/python benchmarks/real_photos.py [--variants plain,distractors] [--seeds 0,1,2] [--no-classifier]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import photo_metrics  # noqa: E402
+import real_photo_data  # noqa: E402
+
+from autobackswap_cli.classifier import load_classifier  # noqa: E402
+from autobackswap_cli.compose import foreground_alpha  # noqa: E402
+from autobackswap_cli.images import read_image, read_mask, scan_image_folder  # noqa: E402
+from autobackswap_cli.inpaint.step import FillRegion, fill_region  # noqa: E402
+
+CONDITIONS = ("ours", "ceiling", "grabcut", "originals")
+PER_IMAGE = 3
+
+
+def cli(*args: object) -> float:
+    """Run one autobackswap command; stop with its output when it fails. Returns its wall time."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "autobackswap_cli", *map(str, args), "--no-progress"], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"failed: autobackswap {' '.join(map(str, args))}\n{done.stdout}{done.stderr}")
+    return time.perf_counter() - t0
+
+
+def run_record(folder: Path) -> dict:
+    return json.loads((Path(folder) / "autobackswap.json").read_text())
+
+
+def grabcut_peer_masks(data: Path, out: Path) -> None:
+    """GrabCut initialised with each object's true bounding box (padded 3 px): hard 0/255 masks."""
+    for item in scan_image_folder(data / "train").items:
+        image = read_image(item.path)
+        truth = read_mask(data / "masks/train" / item.rel.with_suffix(".png"))
+        ys, xs = np.nonzero(truth >= 0.5)
+        h, w = truth.shape
+        x0, y0 = max(0, xs.min() - 3), max(0, ys.min() - 3)
+        x1, y1 = min(w - 1, xs.max() + 3), min(h - 1, ys.max() + 3)
+        mask = np.zeros((h, w), np.uint8)
+        bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+        cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), mask, (int(x0), int(y0), int(x1 - x0 + 1), int(y1 - y0 + 1)), bgd, fgd, 5, cv2.GC_INIT_WITH_RECT)
+        path = out / item.rel.with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8) * 255)
+
+
+def quality(data: Path, masks: Path, backgrounds: Path | None, compose_dir: Path, inpaint_dir: Path | None, exclude: set[str]) -> dict:
+    """Mean mask IoU, halo, hole PSNR, texture ratio and filled area over the training images not in ``exclude``."""
+    compose_options = run_record(compose_dir)["options"]
+    region = None
+    if inpaint_dir is not None:
+        o = run_record(inpaint_dir)["options"]
+        region = FillRegion(loose=o["loose_threshold"], dilate=o["dilate_px"])
+    rows = {"iou": [], "halo": [], "psnr": [], "texture": [], "filled": []}
+    for item in scan_image_folder(data / "train").items:
+        if item.key in exclude:
+            continue
+        truth = read_mask(data / "masks/train" / item.rel.with_suffix(".png"))
+        mask = read_mask(masks / item.rel.with_suffix(".png"), truth.shape)
+        rows["iou"].append(photo_metrics.mask_iou(mask, truth))
+        alpha = foreground_alpha(mask, compose_options["tight"], compose_options["feather"])
+        rows["halo"].append(photo_metrics.halo(alpha, truth))
+        if region is not None:
+            hole = fill_region(mask, region)
+            filled = read_image(next((backgrounds / item.rel.parent).glob(item.rel.stem + ".*")))
+            clean = read_image(data / "backgrounds/train" / item.rel.with_suffix(".png"))
+            rows["filled"].append(float(hole.mean()))
+            for key, value in (("psnr", photo_metrics.hole_psnr(filled, clean, hole)), ("texture", photo_metrics.texture_ratio(filled, clean, hole))):
+                if value is not None:
+                    rows[key].append(value)
+    return {k: (float(np.mean(v)) if v else None) for k, v in rows.items()}
+
+
+def group_accuracy(model_path: Path, data: Path) -> dict:
+    """Worst-group and mean accuracy on the test split; a group is (class, background family)."""
+    with open(data / "test_groups.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    model = load_classifier(model_path, device="cpu")
+    hits: dict[str, list[bool]] = {}
+    for start in range(0, len(rows), 128):
+        chunk = rows[start : start + 128]
+        predicted = model.predict([read_image(data / "test" / r["image"]) for r in chunk])
+        for r, p in zip(chunk, predicted):
+            hits.setdefault(f"{r['class']}@{r['background']}", []).append(model.classes[int(p)] == r["class"])
+    per_group = {g: float(np.mean(v)) for g, v in hits.items()}
+    return {"worst_group": min(per_group.values()), "mean": float(np.mean([h for v in hits.values() for h in v])), "groups": per_group}
+
+
+def run_variant(variant: str, work: Path, seeds: list[int], labels: int, conditions: list[str], classifier: bool) -> dict:
+    data = real_photo_data.build(work / "data", variant)
+    out: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    labels_dir = work / "labels"
+    if not labels_dir.is_dir():
+        cli("label", data / "train", "--from-masks", data / "masks/train", "--count", labels, "-o", labels_dir)
+    labelled = {str(p.relative_to(labels_dir).with_suffix("")) for p in labels_dir.rglob("*.png")}
+    composites: dict[str, dict[int, Path]] = {c: {} for c in conditions}
+    if "ours" in conditions:
+        ours = work / "ours"
+        timings["ours: run (train, segment, inpaint, compose)"] = cli("run", data / "train", "--labels", labels_dir, "-o", ours, "--per-image", PER_IMAGE, "--seed", seeds[0])
+        timings["ours: train-segmenter"] = json.loads((ours / "segmenter.pt.json").read_text())["wall_time_s"]
+        composites["ours"][seeds[0]] = ours / "composites"
+        out["ours"] = quality(data, ours / "masks", ours / "backgrounds", ours / "composites", ours / "backgrounds", labelled)
+    if "ceiling" in conditions:
+        for seed in seeds:
+            composites["ceiling"][seed] = work / f"ceiling/composites-{seed}"
+            cli("compose", data / "train", data / "masks/train", data / "backgrounds/train", "-o", composites["ceiling"][seed], "--per-image", PER_IMAGE, "--seed", seed)
+        out["ceiling"] = quality(data, data / "masks/train", None, composites["ceiling"][seeds[0]], None, labelled)
+        out["ceiling"].update(filled=None, psnr=None, texture=1.0)
+    if "grabcut" in conditions:
+        peer = work / "grabcut"
+        t0 = time.perf_counter()
+        grabcut_peer_masks(data, peer / "masks")
+        timings["grabcut: masks"] = time.perf_counter() - t0
+        cli("inpaint", data / "train", peer / "masks", "-o", peer / "backgrounds", "--method", "telea", "--loose", 0.5, "--dilate", 4)
+        composites["grabcut"][seeds[0]] = peer / "composites"
+        cli("compose", data / "train", peer / "masks", peer / "backgrounds", "-o", peer / "composites", "--per-image", PER_IMAGE, "--seed", seeds[0], "--feather", 0)
+        out["grabcut"] = quality(data, peer / "masks", peer / "backgrounds", peer / "composites", peer / "backgrounds", labelled)
+    for name, backgrounds_dir, masks_dir in (("ours", work / "ours/backgrounds", work / "ours/masks"), ("grabcut", work / "grabcut/backgrounds", work / "grabcut/masks")):
+        for seed in seeds[1:]:
+            if name in conditions:
+                composites[name][seed] = work / f"{name}/composites-{seed}"
+                extra = ("--feather", 0) if name == "grabcut" else ()
+                cli("compose", data / "train", masks_dir, backgrounds_dir, "-o", composites[name][seed], "--per-image", PER_IMAGE, "--seed", seed, *extra)
+    if "originals" in conditions:
+        out["originals"] = {}
+        composites["originals"] = {seed: data / "train" for seed in seeds}
+    if classifier:
+        for name in conditions:
+            accs = []
+            for seed in seeds:
+                model = work / f"classifiers/{name}-{seed}.pt"
+                cli("train-classifier", composites[name][seed], "-o", model, "--seed", seed)
+                accs.append(group_accuracy(model, data))
+            out[name]["worst_group"] = [a["worst_group"] for a in accs]
+            out[name]["mean_acc"] = [a["mean"] for a in accs]
+            out[name]["groups_seed0"] = accs[0]["groups"]
+    return {"conditions": out, "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, list):
+        return f"{np.mean(value):.2f} ({', '.join(f'{v:.2f}' for v in value)})"
+    return f"{value:.{digits}f}"
+
+
+def table(variant: str, result: dict) -> str:
+    lines = [f"### {variant}", "",
+             "| condition | mask IoU | halo | hole PSNR (dB) | texture ratio | filled area | worst-group acc (mean; seeds) | mean acc |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in result["conditions"].items():
+        lines.append(f"| {name} | {fmt(r.get('iou'))} | {fmt(r.get('halo'))} | {fmt(r.get('psnr'), 1)} | {fmt(r.get('texture'), 2)} | "
+                     f"{fmt(r.get('filled'), 2)} | {fmt(r.get('worst_group'))} | {fmt(r.get('mean_acc'))} |")
+    lines.append("")
+    lines += [f"- {k}: {v} s" for k, v in result["timings_s"].items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default=",".join(real_photo_data.VARIANTS))
+    parser.add_argument("--seeds", default="0,1,2", help="classifier and compose seeds")
+    parser.add_argument("--labels", type=int, default=150, help="patch-labelled training images")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS))
+    parser.add_argument("--no-classifier", action="store_true", help="only the mask and fill figures (minutes faster)")
+    parser.add_argument("--work", type=Path, help="keep the intermediate folders here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    conditions = [c for c in args.conditions.split(",") if c]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="abs-real-") as tmp:
+        work = args.work or Path(tmp)
+        for variant in args.variants.split(","):
+            t0 = time.perf_counter()
+            results[variant] = run_variant(variant, work / variant, seeds, args.labels, conditions, not args.no_classifier)
+            print(f"{variant}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+    print(f"Real-photo benchmark: {args.labels} labels, 128 px, {PER_IMAGE} composites per image, seeds {args.seeds}\n")
+    for variant, result in results.items():
+        print(table(variant, result) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
