@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from autobackswap_cli.images import read_image, read_mask
 from autobackswap_cli.inpaint.step import FillRegion, fill_region
-from conftest import cli, run_record
+from conftest import REPO, cli, run_record
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from photo_metrics import texture_ratio  # noqa: E402  (the benchmark's own definition)
 
 
 def _png_copy(small_sample: Path, dst: Path) -> tuple[Path, Path]:
@@ -22,7 +27,7 @@ def _png_copy(small_sample: Path, dst: Path) -> tuple[Path, Path]:
     return dst / "data", small_sample / "masks" / "test"
 
 
-@pytest.mark.parametrize("method", ["pyramid", "telea", "ns"])
+@pytest.mark.parametrize("method", ["texture", "pyramid", "telea", "ns"])
 def test_only_the_fill_region_changes(small_sample, tmp_path, method):
     data, masks = _png_copy(small_sample, tmp_path)
     out = tmp_path / "bg"
@@ -55,7 +60,7 @@ def test_default_fill_is_close_to_the_true_background(small_sample, tmp_path):
 
 
 def test_texture_option_runs_and_is_recorded(small_sample, tmp_path):
-    cli("inpaint", small_sample / "test", small_sample / "masks/test", "-o", tmp_path / "bg", "--texture", "auto", "--no-progress", "--workers", "0")
+    cli("inpaint", small_sample / "test", small_sample / "masks/test", "-o", tmp_path / "bg", "--method", "pyramid", "--texture", "auto", "--no-progress", "--workers", "0")
     assert run_record(tmp_path / "bg")["options"]["texture"] == "auto"
     cli("inpaint", small_sample / "test", small_sample / "masks/test", "-o", tmp_path / "x", "--texture", "lots", "--no-progress", expect=2)
 
@@ -97,3 +102,90 @@ def test_unknown_method_and_missing_masks_folder_are_usage_errors(small_sample, 
     assert "--method must be one of" in result.output
     result = cli("inpaint", small_sample / "test", tmp_path / "nope", "-o", tmp_path / "bg", expect=2)
     assert "masks folder not found" in result.output
+
+
+# ----------------------------------------------------------------- texture (the default): the fill continues the background
+
+
+def _write_case(root: Path, name: str, image: np.ndarray, object_mask: np.ndarray) -> tuple[Path, Path]:
+    """DATA/c/<name>.png with the object painted in (nothing of the background under it), MASKS/c/<name>.png."""
+    (root / "data/c").mkdir(parents=True, exist_ok=True)
+    (root / "masks/c").mkdir(parents=True, exist_ok=True)
+    shown = image.copy()
+    shown[object_mask] = (200, 40, 160)
+    Image.fromarray(shown).save(root / f"data/c/{name}.png")
+    Image.fromarray(object_mask.astype(np.uint8) * 255).save(root / f"masks/c/{name}.png")
+    return root / "data", root / "masks"
+
+
+def _stripes(size: int = 128) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    wave = 127 + 100 * np.sin(2 * np.pi * (0.8 * xx + 0.3 * yy) / 9.0)
+    return np.stack([wave, 0.6 * wave + 40, 255 - wave], 2).astype(np.uint8)
+
+
+def _ellipse(size: int, centre, axes, angle: float = 20) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    cv2.ellipse(mask, centre, axes, angle, 0, 360, 1, -1)
+    return mask > 0
+
+
+def _filled(out: Path, data: Path, masks: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    background = read_image(out / f"c/{name}.png")
+    return background, fill_region(read_mask(masks / f"c/{name}.png", background.shape[:2]), FillRegion(loose=0.1, dilate=4))
+
+
+def test_texture_continues_stripes_where_pyramid_leaves_a_flat_patch(tmp_path):
+    truth = _stripes()
+    data, masks = _write_case(tmp_path, "stripes", truth, _ellipse(128, (64, 60), (40, 30)))
+    cli("inpaint", data, masks, "-o", tmp_path / "tex", "--workers", "0", "--no-progress")
+    cli("inpaint", data, masks, "-o", tmp_path / "pyr", "--method", "pyramid", "--workers", "0", "--no-progress")
+    assert run_record(tmp_path / "tex")["options"]["method"] == "texture"  # the default
+    background, hole = _filled(tmp_path / "tex", data, masks, "stripes")
+    assert hole.mean() > 0.25
+    corr = np.corrcoef(background[hole].astype(float).ravel(), truth[hole].astype(float).ravel())[0, 1]
+    assert corr > 0.5, corr  # the stripes go on, in phase
+    assert texture_ratio(background, truth, hole) > 0.5
+    flat, _ = _filled(tmp_path / "pyr", data, masks, "stripes")
+    assert texture_ratio(flat, truth, hole) < 0.3
+
+
+def test_texture_does_not_flatten_noise_and_is_deterministic(tmp_path):
+    rng = np.random.default_rng(5)
+    grain = cv2.GaussianBlur(rng.normal(0, 40, (128, 128)).astype(np.float32), (0, 0), 0.8)
+    truth = np.clip(np.array([150, 110, 70], np.float32) + grain[..., None] * np.array([1.0, 0.8, 0.6], np.float32), 0, 255).astype(np.uint8)
+    data, masks = _write_case(tmp_path, "grain", truth, _ellipse(128, (70, 60), (40, 30), angle=-30))
+    for run in ("a", "b"):
+        cli("inpaint", data, masks, "-o", tmp_path / run, "--workers", "0" if run == "a" else "1", "--no-progress")
+    background, hole = _filled(tmp_path / "a", data, masks, "grain")
+    assert 0.5 < texture_ratio(background, truth, hole) < 1.6
+    assert np.abs(background[hole].mean(0) - truth[hole].mean(0)).max() < 12  # the colour is right too
+    assert (tmp_path / "a/c/grain.png").read_bytes() == (tmp_path / "b/c/grain.png").read_bytes()
+
+
+def test_texture_fills_a_hole_touching_the_border(tmp_path):
+    truth = _stripes()
+    obj = np.zeros((128, 128), bool)
+    obj[:70, :55] = True  # a corner object: the hole runs into two image borders
+    obj |= _ellipse(128, (128, 100), (30, 40), 0)  # and one leaving through the bottom edge
+    data, masks = _write_case(tmp_path, "corner", truth, obj)
+    cli("inpaint", data, masks, "-o", tmp_path / "bg", "--workers", "0", "--no-progress")
+    background, hole = _filled(tmp_path / "bg", data, masks, "corner")
+    image = read_image(data / "c/corner.png")
+    assert np.array_equal(background[~hole], image[~hole])
+    assert np.abs(background[hole].astype(int) - image[hole].astype(int)).mean() > 10  # the object is gone
+    assert texture_ratio(background, truth, hole) > 0.5
+
+
+def test_texture_fill_changes_only_the_hole_in_the_library_too():
+    from autobackswap_cli.inpaint import InpaintOptions, make_inpainter
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 90, 3), dtype=np.uint8)
+    inpainter = make_inpainter(InpaintOptions())
+    for hole in (np.zeros((40, 90), bool), np.ones((40, 90), bool)):
+        assert np.array_equal(inpainter.fill(image, hole), image)  # nothing to fill, or nothing to fill from
+    hole = np.zeros((40, 90), bool)
+    hole[5:35, 2:88] = True  # the known part is a thin frame
+    out = inpainter.fill(image, hole)
+    assert np.array_equal(out[~hole], image[~hole]) and np.array_equal(out, inpainter.fill(image.copy(), hole.copy()))

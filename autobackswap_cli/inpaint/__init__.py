@@ -13,6 +13,7 @@ from .base import InpaintOptions, Inpainter
 
 # method name -> "module:Class" (imported lazily, so `diffusers` is needed only when used)
 _BACKENDS = {
+    "texture": "texture:TextureInpainter",
     "pyramid": "classical:PyramidInpainter",
     "telea": "classical:TeleaInpainter",
     "ns": "classical:NavierStokesInpainter",

@@ -14,7 +14,7 @@ from ..images import bounding_box
 class InpaintOptions:
     """Options shared by the CLI and the library; each backend reads the ones it needs."""
 
-    method: str = "pyramid"
+    method: str = "texture"
     model: str | None = None  # diffusers: hub id or local folder; torchscript: a .pt file
     prompt: str = "empty background, natural scenery, nothing in the foreground, high quality photo"
     negative_prompt: str = "object, animal, person, text, watermark, blurry, artifacts"
