@@ -191,8 +191,8 @@ def train_segmenter_cmd(
     backbone: Annotated[str, typer.Option("--backbone", help="small-cnn (offline default), efficientnet_b0, resnet18, resnet50, mobilenet_v3_large.")] = "small-cnn",
     pretrained: Annotated[bool, typer.Option("--pretrained", help="Start from torchvision's ImageNet weights (its cache, or a download).")] = False,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Start from a local torchvision state dict file.", dir_okay=False)] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Most epochs to train (early stopping may end sooner).", min=1)] = 80,
-    patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better validation IoU.", min=1)] = 15,
+    epochs: Annotated[int, typer.Option("--epochs", help="Most epochs to train (early stopping may end sooner).", min=1)] = 40,
+    patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better validation IoU.", min=1)] = 10,
     batch_size: BatchSize = 16,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (one-cycle schedule).")] = 2e-3,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Network input side (default: backbone stride x grid).")] = None,
@@ -203,7 +203,7 @@ def train_segmenter_cmd(
     no_progress: NoProgress = False,
 ) -> None:
     """Train the secondary network (the segmenter) from patch labels."""
-    from .segmenter.train import TrainOptions, train_segmenter
+    from .segmenter.train import TrainOptions, thresholds_line, train_segmenter
 
     if pretrained and weights:
         raise StepError("use either --pretrained or --weights FILE, not both")
@@ -219,6 +219,7 @@ def train_segmenter_cmd(
         f"[green]segmenter[/]: best epoch {m['best_epoch']} of {m['epochs_run']}, validation patch IoU {iou} "
         f"({m['train_images']} train / {m['val_images']} val images) -> {out}"
     )
+    console.print(thresholds_line(result.thresholds))
     if result.failures:
         console.print(f"[red]{len(result.failures)} labelled image(s) could not be read[/] (listed above)")
         raise typer.Exit(1)
@@ -265,9 +266,9 @@ def inpaint_cmd(
     data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
     masks: Annotated[Path, typer.Argument(help="MASKS folder from `autobackswap segment` (or your own masks, 0..255).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="BACKGROUNDS folder: each image with its foreground filled in.")],
-    method: Annotated[str, typer.Option("--method", help="pyramid (default: fast, offline), telea, ns, diffusers, torchscript.")] = "pyramid",
+    method: Annotated[str, typer.Option("--method", help="texture (default: offline, continues the background's texture), pyramid (smooth, fastest), telea, ns, diffusers, torchscript.")] = "texture",
     model: Annotated[Optional[str], typer.Option("--model", help="diffusers: hub id or local pipeline folder; torchscript: model file (e.g. big-lama.pt).")] = None,
-    loose: Annotated[float, typer.Option("--loose", help="Fill where P(foreground) is at least this (the loose mask).", min=0.0, max=1.0)] = 0.1,
+    loose: Annotated[Optional[float], typer.Option("--loose", help="Fill where P(foreground) is at least this (the loose mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.1.", min=0.0, max=1.0, show_default=False)] = None,
     dilate: Annotated[int, typer.Option("--dilate", help="Grow the fill region by this many pixels, so no halo survives.", min=0)] = 4,
     texture: Annotated[str, typer.Option("--texture", help="pyramid: restore texture from the known background: off, auto (as much as it predicts), or a strength such as 0.5. Slower.")] = "off",
     radius: Annotated[int, typer.Option("--radius", help="telea / ns: neighbourhood radius in pixels.", min=1)] = 3,
@@ -339,7 +340,7 @@ def compose_cmd(
     only_fg: Annotated[bool, typer.Option("--only-fg", help="Write each foreground on a flat fill instead (IN-9 Only-FG).")] = False,
     only_bg: Annotated[bool, typer.Option("--only-bg", help="Write each image's own clean background instead (IN-9 Only-BG).")] = False,
     include_originals: Annotated[bool, typer.Option("--include-originals", help="Also copy the original images into OUT.")] = False,
-    tight: Annotated[float, typer.Option("--tight", help="The foreground is where P(fg) is at least this (the tight mask).", min=0.0, max=1.0)] = 0.5,
+    tight: Annotated[Optional[float], typer.Option("--tight", help="The foreground is where P(fg) is at least this (the tight mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.5.", min=0.0, max=1.0, show_default=False)] = None,
     feather: Annotated[float, typer.Option("--feather", help="Soft edge of the foreground, in pixels.", min=0.0)] = 2.0,
     scale: Annotated[str, typer.Option("--scale", help="Random foreground scale range a,b (e.g. 0.8,1.2).")] = "1,1",
     rotate: Annotated[float, typer.Option("--rotate", help="Random rotation up to this many degrees either way.", min=0.0)] = 0.0,
@@ -453,9 +454,9 @@ def run_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="WORK folder: segmenter.pt, masks/, backgrounds/, composites/.")],
     backbone: Annotated[str, typer.Option("--backbone", help="Segmenter backbone (see train-segmenter).")] = "small-cnn",
     pretrained: Annotated[bool, typer.Option("--pretrained", help="Segmenter starts from torchvision's ImageNet weights.")] = False,
-    epochs: Annotated[int, typer.Option("--epochs", help="Most segmenter training epochs.", min=1)] = 80,
+    epochs: Annotated[int, typer.Option("--epochs", help="Most segmenter training epochs.", min=1)] = 40,
     refine: Annotated[str, typer.Option("--refine", help="segment: guided, grabcut or none.")] = "guided",
-    method: Annotated[str, typer.Option("--method", help="inpaint: pyramid, telea, ns, diffusers, torchscript.")] = "pyramid",
+    method: Annotated[str, typer.Option("--method", help="inpaint: texture (default), pyramid, telea, ns, diffusers, torchscript.")] = "texture",
     model: Annotated[Optional[str], typer.Option("--model", help="inpaint: diffusers pipeline or TorchScript file.")] = None,
     per_image: Annotated[int, typer.Option("--per-image", "-k", help="compose: composites per image.", min=1)] = 1,
     bg_from: Annotated[str, typer.Option("--bg-from", help="compose: any, other-class, same-class, next-class.")] = "any",

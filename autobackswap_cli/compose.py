@@ -22,9 +22,10 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from .engine import RunReport, Shard, Step, StepError, console
+from .engine import RunReport, Shard, Step, StepError, console, recorded_thresholds
 from .images import ImageError, ImageItem, bounding_box, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
 
+DEFAULT_TIGHT = 0.5  # for masks that do not say better
 BG_MODES = ("any", "other-class", "same-class", "next-class")
 VARIANTS = ("swap", "only-fg", "only-bg")
 MANIFEST_FIELDS = ["output", "foreground", "background", "foreground_class", "background_class", "scale", "angle", "shift_x", "shift_y", "seed"]
@@ -35,7 +36,7 @@ class ComposeOptions:
     per_image: int = 1
     bg_from: str = "any"
     variant: str = "swap"
-    tight: float = 0.5  # alpha = P(fg) >= tight, then feathered
+    tight: float | None = None  # alpha = P(fg) >= tight, then feathered; None: what MASKS' segmenter chose, else 0.5
     feather: float = 2.0  # edge softness in pixels (Gaussian sigma = feather / 2)
     scale: tuple[float, float] = (1.0, 1.0)
     rotate: float = 0.0  # degrees, uniform in [-rotate, rotate]
@@ -45,6 +46,14 @@ class ComposeOptions:
     out_format: str = "same"
     quality: int = 95
     seed: int = 0
+
+    def resolve_tight(self, masks_dir: Path) -> str:
+        """Fill in ``tight`` from MASKS' run record (or 0.5) when it was not given; returns where it came from."""
+        if self.tight is not None:
+            return "option"
+        recorded = recorded_thresholds(masks_dir).get("tight")
+        self.tight = recorded if recorded is not None else DEFAULT_TIGHT
+        return "masks' segmenter" if recorded is not None else "default"
 
     def check(self) -> None:
         if self.bg_from not in BG_MODES:
@@ -247,6 +256,7 @@ class ComposeStep(Step):
                  preview: str | None = None, preview_count: int = 24):
         options.check()
         self.masks_dir = Path(masks_dir)
+        self.tight_source = options.resolve_tight(self.masks_dir)
         self.pool = BackgroundPool(backgrounds_dir)
         self.out_dir = Path(out_dir)
         self.options = options
@@ -352,7 +362,7 @@ class ComposeStep(Step):
         o = self.options
         return {
             "masks": str(self.masks_dir), "backgrounds": str(self.pool.root), "variant": o.variant, "per_image": o.per_image,
-            "bg_from": o.bg_from, "tight": o.tight, "feather": o.feather, "scale": list(o.scale), "rotate": o.rotate,
+            "bg_from": o.bg_from, "tight": o.tight, "tight_from": self.tight_source, "feather": o.feather, "scale": list(o.scale), "rotate": o.rotate,
             "translate": o.translate, "include_originals": o.include_originals, "format": o.out_format, "quality": o.quality, "seed": o.seed,
         }
 
@@ -419,6 +429,7 @@ class BackSwapDataset:
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.targets = [self.class_to_idx[it.cls] for it in self.items]
         self.masks_dir = Path(masks_dir)
+        self.options.resolve_tight(self.masks_dir)
         self.pool = BackgroundPool(Path(backgrounds_dir))
         self.transform = transform
         self.p_original = p_original

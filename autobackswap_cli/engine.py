@@ -421,6 +421,17 @@ def _record_path(out_dir: Path, shard: Shard) -> Path:
     return out_dir / RUN_RECORD
 
 
+def recorded_thresholds(masks_dir: Path) -> dict:
+    """The loose/tight thresholds that ``segment`` recorded in a MASKS folder ({} when it holds none):
+    the values its segmenter chose on its validation labels."""
+    try:
+        record = json.loads((Path(masks_dir) / RUN_RECORD).read_text())
+        thresholds = record["options"]["thresholds"]
+        return {k: float(thresholds[k]) for k in ("loose", "tight") if k in thresholds}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def write_run_record(path: Path, record: dict) -> None:
     from .images import write_bytes_atomic
 

@@ -15,7 +15,7 @@ from .engine import RunOptions, RunReport, StepError, console, prepare_items, pr
 from .inpaint import InpaintOptions
 from .inpaint.step import FillRegion, InpaintStep
 from .segmenter.predict import SegmentOptions, SegmentStep
-from .segmenter.train import TrainOptions, train_segmenter
+from .segmenter.train import TrainOptions, thresholds_line, train_segmenter
 
 
 @dataclass
@@ -49,6 +49,7 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
         console.print("[bold]1/4 train-segmenter[/]")
         result = train_segmenter(data, labels, paths["segmenter"], options.train, progress=options.run.progress)
         console.print(f"segmenter: validation patch IoU {result.metrics['val_patch_iou']} (best epoch {result.metrics['best_epoch']})")
+        console.print(thresholds_line(result.thresholds, options.segment.refine))
     items, warnings = prepare_items(data, Path(work))
     reports = []
     console.print("[bold]2/4 segment[/]")

@@ -15,20 +15,31 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..engine import RunReport, Step, console
+from ..engine import RunReport, Step, console, recorded_thresholds
 from ..images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_image_atomic
 from .base import InpaintOptions, paste_hole
 
 
 @dataclass
 class FillRegion:
-    loose: float = 0.1  # P(fg) at or above this is removed
+    loose: float | None = None  # P(fg) at or above this is removed; None: what MASKS' segmenter chose, else 0.1
     dilate: int = 4  # then grown by this many pixels
+
+    def resolved(self, masks_dir: Path) -> tuple["FillRegion", str]:
+        """This region with ``loose`` filled in from MASKS' run record (or 0.1), and where it came from."""
+        if self.loose is not None:
+            return self, "option"
+        recorded = recorded_thresholds(masks_dir).get("loose")
+        return FillRegion(recorded if recorded is not None else DEFAULT_LOOSE, self.dilate), "masks' segmenter" if recorded is not None else "default"
+
+
+DEFAULT_LOOSE = 0.1  # the paper's loose mask, for masks that do not say better
 
 
 def fill_region(mask: np.ndarray, region: FillRegion) -> np.ndarray:
     """Boolean hole: the loose foreground of a soft mask in [0, 1], dilated by ``region.dilate`` px."""
-    hole = mask >= region.loose - 1e-6
+    loose = DEFAULT_LOOSE if region.loose is None else region.loose
+    hole = mask >= loose - 1e-6
     if region.dilate > 0 and hole.any():
         k = 2 * region.dilate + 1
         hole = cv2.dilate(hole.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
@@ -45,7 +56,7 @@ class InpaintStep(Step):
         self.masks_dir = Path(masks_dir)
         self.out_dir = Path(out_dir)
         self.options = options
-        self.region = region
+        self.region, self.loose_source = region.resolved(masks_dir)
         self.out_format = out_format
         self.quality = quality
         self.preview = preview
@@ -100,6 +111,7 @@ class InpaintStep(Step):
         return {
             "masks": str(self.masks_dir),
             "loose_threshold": self.region.loose,
+            "loose_threshold_from": self.loose_source,
             "dilate_px": self.region.dilate,
             "format": self.out_format,
             "quality": self.quality,

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..engine import PRECISIONS, RunReport, Step, StepError, console, resolve_device, resolve_precision
+from .calibrate import DEFAULT_THRESHOLDS
 from ..images import ImageItem, mirror_path, overlay_mask, preview_grid, read_image, read_mask, spread_sample, write_image_atomic, write_mask_atomic
 
 REFINE_METHODS = ("none", "guided", "grabcut")
@@ -81,6 +82,14 @@ def refine_mask(image: np.ndarray, soft: np.ndarray, method: str, cell: float) -
     raise StepError(f"--refine must be one of {', '.join(REFINE_METHODS)}; got {method!r}")
 
 
+def refined_mask(image: np.ndarray, probs: np.ndarray, method: str) -> np.ndarray:
+    """An RGB image's full-size soft mask from its P x P patch probabilities, refined with ``method``."""
+    h, w = image.shape[:2]
+    soft = upsample_probabilities(probs, h, w)
+    guide = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if method == "guided" else image
+    return refine_mask(guide, soft, method, cell=max(h, w) / probs.shape[0])
+
+
 @dataclass
 class SegmentOptions:
     device: str = "auto"
@@ -106,6 +115,8 @@ class SegmentStep(Step):
         self.image_size = int(meta["image_size"])
         self.grid = int(meta["grid"])
         self.backbone = meta["backbone"]
+        calibrated = (meta.get("thresholds") or {}).get(options.refine)
+        self.thresholds = {**(calibrated or DEFAULT_THRESHOLDS.as_dict()), "source": "segmenter (validation labels)" if calibrated else "default"}
         self.mean = np.asarray(meta["mean"], np.float32)
         self.std = np.asarray(meta["std"], np.float32)
         self.out_dir = Path(out_dir)
@@ -170,6 +181,7 @@ class SegmentStep(Step):
             "grid": self.grid,
             "image_size": self.image_size,
             "refine": self.options.refine,
+            "thresholds": self.thresholds,
             "device": str(self.device) if self.device else self.options.device,
             "dtype": str(self.dtype).replace("torch.", "") if self.dtype else None,
         }

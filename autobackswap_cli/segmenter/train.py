@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from ..engine import StepError, console, make_progress, prepare_items, resolve_device
 from ..images import ImageError, read_image, write_bytes_atomic
 from ..labels import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
+from .calibrate import calibrate_thresholds
 from .model import IMAGENET_MEAN, IMAGENET_STD, build_segmenter, default_image_size, save_checkpoint
+from .predict import REFINE_METHODS, refined_mask
 
 
 @dataclass
@@ -31,12 +33,12 @@ class TrainOptions:
     pretrained: bool = False
     weights: str | None = None
     image_size: int | None = None  # default: backbone stride x grid
-    epochs: int = 80
+    epochs: int = 40
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
-    patience: int = 15
+    patience: int = 10
     seed: int = 0
     device: str = "auto"
     hflip: bool = True
@@ -50,6 +52,7 @@ class TrainResult:
     checkpoint: Path
     metrics: dict
     failures: list[dict]
+    thresholds: dict  # --refine method -> {"loose": ..., "tight": ...}
 
 
 def _split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -117,6 +120,28 @@ def patch_iou(probs: torch.Tensor, labels: torch.Tensor) -> float:
     truth = (labels == FOREGROUND) & known
     union = (pred | truth).sum().item()
     return 1.0 if union == 0 else (pred & truth).sum().item() / union
+
+
+def label_coverage(info) -> float:
+    """The share of a patch that makes it foreground in these labels: the importer's threshold, else 0.5 (painted)."""
+    return float(info.threshold) if info.threshold is not None else 0.5
+
+
+def calibrate_on(model, x: torch.Tensor, y: torch.Tensor, coverage: float, device: torch.device) -> tuple[dict, dict]:
+    """Loose/tight thresholds for every --refine method, chosen on these (validation) images and labels."""
+    model.eval()
+    probs = []
+    with torch.no_grad():
+        for start in range(0, len(x), 64):
+            probs.append(torch.sigmoid(model(_normalise(x[start : start + 64].to(device).float() / 255)).float()).cpu().numpy())
+    probs = np.concatenate(probs)
+    images = x.permute(0, 2, 3, 1).numpy()
+    thresholds, reports = {}, {}
+    for method in REFINE_METHODS:
+        masks = np.stack([refined_mask(image, p, method) for image, p in zip(images, probs)])
+        chosen, reports[method] = calibrate_thresholds(masks, y.numpy(), coverage)
+        thresholds[method] = chosen.as_dict()
+    return thresholds, reports
 
 
 def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: TrainOptions, progress: bool = True) -> TrainResult:
@@ -221,6 +246,8 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
                 break
 
     model.load_state_dict(best_state)
+    thresholds, calibration = calibrate_on(model, x_all[val_idx] if val_idx else x_all[train_idx], y_all[val_idx] if val_idx else y_all[train_idx],
+                                           label_coverage(info), device)
     metrics = {
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
@@ -229,9 +256,11 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
         "train_images": len(train_idx),
         "val_images": len(val_idx),
         "history": history,
+        "calibration": calibration,
     }
     options = {**asdict(opts), "device_used": str(device), "grid": grid, "image_size": size}
-    extra = {"labels": {"dir": str(labels_dir), "grid": grid, "method": info.method}, "val_items": [keys[i] for i in val_idx]}
+    extra = {"labels": {"dir": str(labels_dir), "grid": grid, "method": info.method}, "val_items": [keys[i] for i in val_idx],
+             "thresholds": thresholds}
     out_path = Path(out_path)
     save_checkpoint(out_path, model.cpu(), size, options, metrics, extra=extra)
     record = {
@@ -245,4 +274,11 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
         "wall_time_s": round(time.perf_counter() - t0, 2),
     }
     write_bytes_atomic(out_path.with_name(out_path.name + ".json"), (json.dumps(record, indent=2) + "\n").encode())
-    return TrainResult(out_path, metrics, failures)
+    return TrainResult(out_path, metrics, failures, thresholds)
+
+
+def thresholds_line(thresholds: dict, refine: str = "guided") -> str:
+    """One line for the console: the thresholds segment, inpaint and compose will use by default."""
+    t = thresholds[refine]
+    return (f"thresholds chosen on the validation labels (--refine {refine}): inpaint removes P(fg) >= {t['loose']:.2f}, "
+            f"compose cuts out P(fg) >= {t['tight']:.2f}")
