@@ -6,9 +6,10 @@ All take uint8 RGB images (H x W x 3) and boolean or [0, 1] float masks of the s
 - ``halo``: the share of what a composite pastes (the alpha) that is background in the truth: the ring of the
   image's own background that travels with the foreground into every composite.
 - ``hole_psnr``: PSNR of a fill against the true clean background, over the hole's pixels only.
-- ``texture_ratio``: fine-texture energy of a fill inside the hole over the true background's there. A smooth
-  blob scores ~0.1; a fill that continues the texture scores ~1. The hole's outer 2 px are left out, so a seam
-  at the hole's edge does not count as texture.
+- ``texture_energies``: fine-texture energy of a fill inside the hole and of the true background there. Their
+  ratio (summed over a data set, so that smooth backgrounds such as a clear sky do not divide by ~0) is the
+  texture ratio: a smooth blob scores ~0.1; a fill that continues the texture scores ~1. The hole's outer 2 px
+  are left out, so a seam at the hole's edge does not count as texture.
 """
 
 from __future__ import annotations
@@ -46,9 +47,15 @@ def fine_texture(image: np.ndarray) -> np.ndarray:
     return detail * detail
 
 
-def texture_ratio(filled: np.ndarray, true_background: np.ndarray, hole: np.ndarray) -> float | None:
+def texture_energies(filled: np.ndarray, true_background: np.ndarray, hole: np.ndarray) -> tuple[float, float] | None:
+    """(fill's, truth's) mean fine-texture energy inside the hole less its outer 2 px; None for a tiny hole."""
     inner = cv2.erode(hole.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     if inner.sum() < 16:
         return None
-    truth = float(fine_texture(true_background)[inner].mean())
-    return None if truth <= 1e-6 else float(fine_texture(filled)[inner].mean() / truth)
+    return float(fine_texture(filled)[inner].mean()), float(fine_texture(true_background)[inner].mean())
+
+
+def texture_ratio(filled: np.ndarray, true_background: np.ndarray, hole: np.ndarray) -> float | None:
+    """One image's texture ratio (for a data set, sum the energies first: see ``texture_energies``)."""
+    energies = texture_energies(filled, true_background, hole)
+    return None if energies is None or energies[1] <= 1e-6 else energies[0] / energies[1]
