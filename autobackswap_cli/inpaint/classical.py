@@ -1,6 +1,7 @@
-"""Classical, offline inpainters: OpenCV's Telea and Navier-Stokes, and the default ``pyramid``.
+"""Classical, offline inpainters: OpenCV's Telea and Navier-Stokes, and ``pyramid`` (also the smooth base of the
+default ``texture`` fill, in texture.py).
 
-``pyramid`` (the default) fills a tight crop around the hole at reduced resolution
+``pyramid`` fills a tight crop around the hole at reduced resolution
 (at most 64 px a side, at most half resolution) and scales the fill back up; only
 hole pixels are replaced. The fill is the average of two estimates from the known
 pixels next to the hole: a push-pull pyramid (average the known pixels level by
