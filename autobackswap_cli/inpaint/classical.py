@@ -60,10 +60,10 @@ def pyramid_fill(image: np.ndarray, hole: np.ndarray, relax_iters: int = 0, rela
     return cv2.pyrUp(est, dstsize=(img.shape[1], img.shape[0]))
 
 
-def _offsets(bh: int, bw: int) -> np.ndarray:
-    """Candidate copy offsets (dy, dx): 16 directions at 0.6, 1 and 1.4 times the hole's size."""
+def ring_offsets(bh: float, bw: float, scales: tuple[float, ...] = (0.6, 1.0, 1.4)) -> np.ndarray:
+    """Candidate copy offsets (dy, dx): 16 directions at each of ``scales`` times the hole's size."""
     angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-    scales = np.array([0.6, 1.0, 1.4])
+    scales = np.asarray(scales)
     dy = np.rint(np.outer(scales, np.sin(angles)) * bh).astype(np.int64).ravel()
     dx = np.rint(np.outer(scales, np.cos(angles)) * bw).astype(np.int64).ravel()
     return np.stack([dy, dx], 1)
@@ -97,7 +97,7 @@ def restore_texture(image: np.ndarray, hole: np.ndarray, smooth: np.ndarray, str
     ry, rx = np.nonzero(around)
     if len(ry) < 16:
         return smooth
-    offsets = _offsets(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+    offsets = ring_offsets(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
     # Judge offsets on at most ~1500 pixels of the ring and of the hole: the cost stays flat for big holes.
     step_r, step_h = max(1, len(ry) // 1500), max(1, len(ys) // 1500)
     _, _, hole_ok = _gather(known, ys[::step_h], xs[::step_h], offsets)

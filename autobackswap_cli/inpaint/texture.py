@@ -32,9 +32,10 @@ import cv2
 import numpy as np
 
 from .base import InpaintOptions, Inpainter, hole_box
-from .classical import PyramidInpainter
+from .classical import PyramidInpainter, ring_offsets
 
 _DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+RING_SCALES = (0.5, 0.8, 1.1)  # candidate shifts at these multiples of the hole's size
 
 
 def _down(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -102,13 +103,6 @@ def snap_offsets(score: np.ndarray, offsets: np.ndarray, radius: np.ndarray) -> 
         if np.isfinite(win.flat[k]):
             out[i] = (y0 + k // win.shape[1] - h, x0 + k % win.shape[1] - w)
     return out
-
-
-def ring_offsets(bh: float, bw: float, scales=(0.5, 0.8, 1.1)) -> np.ndarray:
-    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-    dy = np.rint(np.outer(scales, np.sin(angles)) * bh).astype(np.int32).ravel()
-    dx = np.rint(np.outer(scales, np.cos(angles)) * bw).astype(np.int32).ravel()
-    return np.stack([dy, dx], 1)
 
 
 class _Level:
@@ -219,7 +213,7 @@ class TextureInpainter(Inpainter):
         bh = int(fine.ys.max() - fine.ys.min() + 1)
         bw = int(fine.xs.max() - fine.xs.min() + 1)
         score = shift_scores(fine.values, fine.source)
-        ring = ring_offsets(bh, bw)
+        ring = ring_offsets(bh, bw, RING_SCALES).astype(np.int32)
         radius = np.maximum(2, np.rint(self.snap * np.hypot(*ring.T))).astype(np.int32)
         glob = np.concatenate([repeat_offsets(score, self.repeats, 2.0), snap_offsets(score, ring, radius)])
         glob = np.unique(glob[(glob != 0).any(1)], axis=0).astype(np.int32)
