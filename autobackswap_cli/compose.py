@@ -15,17 +15,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
-from .engine import RunReport, Shard, Step, StepError, console, recorded_thresholds
+from .engine import RunReport, Shard, Step, StepError, console, mask_threshold
 from .images import ImageError, ImageItem, bounding_box, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
 
-DEFAULT_TIGHT = 0.5  # for masks that do not say better
 BG_MODES = ("any", "other-class", "same-class", "next-class")
 VARIANTS = ("swap", "only-fg", "only-bg")
 MANIFEST_FIELDS = ["output", "foreground", "background", "foreground_class", "background_class", "scale", "angle", "shift_x", "shift_y", "seed"]
@@ -46,14 +45,6 @@ class ComposeOptions:
     out_format: str = "same"
     quality: int = 95
     seed: int = 0
-
-    def resolve_tight(self, masks_dir: Path) -> str:
-        """Fill in ``tight`` from MASKS' run record (or 0.5) when it was not given; returns where it came from."""
-        if self.tight is not None:
-            return "option"
-        recorded = recorded_thresholds(masks_dir).get("tight")
-        self.tight = recorded if recorded is not None else DEFAULT_TIGHT
-        return "masks' segmenter" if recorded is not None else "default"
 
     def check(self) -> None:
         if self.bg_from not in BG_MODES:
@@ -256,10 +247,10 @@ class ComposeStep(Step):
                  preview: str | None = None, preview_count: int = 24):
         options.check()
         self.masks_dir = Path(masks_dir)
-        self.tight_source = options.resolve_tight(self.masks_dir)
+        tight, self.tight_source = mask_threshold(self.masks_dir, "tight", options.tight)
         self.pool = BackgroundPool(backgrounds_dir)
         self.out_dir = Path(out_dir)
-        self.options = options
+        self.options = replace(options, tight=tight)
         self.shard = shard
         self.preview = preview
         self.preview_count = preview_count
@@ -429,7 +420,7 @@ class BackSwapDataset:
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.targets = [self.class_to_idx[it.cls] for it in self.items]
         self.masks_dir = Path(masks_dir)
-        self.options.resolve_tight(self.masks_dir)
+        self.options = replace(self.options, tight=mask_threshold(self.masks_dir, "tight", self.options.tight)[0])
         self.pool = BackgroundPool(Path(backgrounds_dir))
         self.transform = transform
         self.p_original = p_original

@@ -421,15 +421,29 @@ def _record_path(out_dir: Path, shard: Shard) -> Path:
     return out_dir / RUN_RECORD
 
 
-def recorded_thresholds(masks_dir: Path) -> dict:
+PAPER_THRESHOLDS = {"loose": 0.1, "tight": 0.5}  # the paper's loose and tight masks, for masks that do not say better
+
+
+def _recorded_thresholds(masks_dir: Path) -> dict:
     """The loose/tight thresholds that ``segment`` recorded in a MASKS folder ({} when it holds none):
     the values its segmenter chose on its validation labels."""
     try:
         record = json.loads((Path(masks_dir) / RUN_RECORD).read_text())
-        thresholds = record["options"]["thresholds"]
-        return {k: float(thresholds[k]) for k in ("loose", "tight") if k in thresholds}
-    except (OSError, ValueError, KeyError, TypeError):
+        thresholds = record["options"].get("thresholds") or {}
+        return {k: float(thresholds[k]) for k in PAPER_THRESHOLDS if k in thresholds}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+def mask_threshold(masks_dir: Path, name: str, given: float | None = None) -> tuple[float, str]:
+    """The ``loose`` or ``tight`` threshold to apply to a MASKS folder, and where it came from: ``given`` (an
+    option), else what ``segment`` recorded there (its segmenter's calibrated value), else the paper's."""
+    if given is not None:
+        return float(given), "option"
+    recorded = _recorded_thresholds(masks_dir).get(name)
+    if recorded is not None:
+        return recorded, "masks' segmenter"
+    return PAPER_THRESHOLDS[name], "default"
 
 
 def write_run_record(path: Path, record: dict) -> None:

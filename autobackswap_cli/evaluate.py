@@ -36,8 +36,8 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.table import Table
 
 from .classifier import Classifier, load_classifier
-from .compose import DEFAULT_TIGHT, BackgroundPool, blend, fit_background, foreground_alpha, item_rng
-from .engine import RunReport, StepError, console, make_progress, prepare_items, print_summary, recorded_thresholds
+from .compose import BackgroundPool, blend, fit_background, foreground_alpha, item_rng
+from .engine import RunReport, StepError, console, make_progress, prepare_items, print_summary, mask_threshold
 from .images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
 
 VARIANTS = ("original", "only-fg", "only-bg", "mixed-same", "mixed-rand", "mixed-next")
@@ -92,7 +92,7 @@ class VariantMaker:
         self.mix_pool = BackgroundPool(mix_from) if mix_from else self.own_pool
         self.own = {str(PurePosixPath(rel).with_suffix("")): rel for rels in self.own_pool.by_class.values() for rel in rels}
         self.seed = seed
-        self.tight = recorded_thresholds(self.masks).get("tight", DEFAULT_TIGHT)
+        self.tight, _ = mask_threshold(self.masks, "tight")
 
     def __call__(self, item: ImageItem) -> dict[str, np.ndarray]:
         image = read_image(item.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -103,3 +104,17 @@ def test_train_segmenter_stores_and_reports_its_thresholds(small_sample, tmp_pat
     thresholds = read_checkpoint(ckpt)["thresholds"]
     for method in ("none", "guided", "grabcut"):
         assert 0.0 < thresholds[method]["loose"] <= thresholds[method]["tight"] < 1.0
+
+
+def test_one_options_object_serves_masks_with_different_thresholds(small_sample, tmp_path):
+    """Resolving the tight threshold from one MASKS folder must not leak into the caller's options."""
+    from autobackswap_cli.compose import BackSwapDataset, ComposeOptions
+
+    masks_a, masks_b = tmp_path / "a", tmp_path / "b"
+    for folder, tight in ((masks_a, 0.3), (masks_b, 0.8)):
+        shutil.copytree(small_sample / "masks/train", folder)
+        (folder / "autobackswap.json").write_text(json.dumps({"options": {"thresholds": {"loose": 0.2, "tight": tight}}}))
+    options = ComposeOptions()
+    first = BackSwapDataset(small_sample / "train", masks_a, small_sample / "backgrounds/train", options)
+    second = BackSwapDataset(small_sample / "train", masks_b, small_sample / "backgrounds/train", options)
+    assert (first.options.tight, second.options.tight, options.tight) == (0.3, 0.8, None)

@@ -8,14 +8,14 @@ TorchScript) run batched in the main process, with workers decoding and encoding
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from ..engine import RunReport, Step, console, recorded_thresholds
+from ..engine import PAPER_THRESHOLDS, RunReport, Step, console, mask_threshold
 from ..images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_image_atomic
 from .base import InpaintOptions, paste_hole
 
@@ -25,20 +25,10 @@ class FillRegion:
     loose: float | None = None  # P(fg) at or above this is removed; None: what MASKS' segmenter chose, else 0.1
     dilate: int = 4  # then grown by this many pixels
 
-    def resolved(self, masks_dir: Path) -> tuple["FillRegion", str]:
-        """This region with ``loose`` filled in from MASKS' run record (or 0.1), and where it came from."""
-        if self.loose is not None:
-            return self, "option"
-        recorded = recorded_thresholds(masks_dir).get("loose")
-        return FillRegion(recorded if recorded is not None else DEFAULT_LOOSE, self.dilate), "masks' segmenter" if recorded is not None else "default"
-
-
-DEFAULT_LOOSE = 0.1  # the paper's loose mask, for masks that do not say better
-
 
 def fill_region(mask: np.ndarray, region: FillRegion) -> np.ndarray:
     """Boolean hole: the loose foreground of a soft mask in [0, 1], dilated by ``region.dilate`` px."""
-    loose = DEFAULT_LOOSE if region.loose is None else region.loose
+    loose = PAPER_THRESHOLDS["loose"] if region.loose is None else region.loose
     hole = mask >= loose - 1e-6
     if region.dilate > 0 and hole.any():
         k = 2 * region.dilate + 1
@@ -56,7 +46,8 @@ class InpaintStep(Step):
         self.masks_dir = Path(masks_dir)
         self.out_dir = Path(out_dir)
         self.options = options
-        self.region, self.loose_source = region.resolved(masks_dir)
+        loose, self.loose_source = mask_threshold(self.masks_dir, "loose", region.loose)
+        self.region = replace(region, loose=loose)
         self.out_format = out_format
         self.quality = quality
         self.preview = preview

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..engine import PAPER_THRESHOLDS
 from ..labels import FOREGROUND, UNLABELLED
 
 TIGHT_CANDIDATES = np.round(np.arange(0.30, 0.901, 0.05), 2)
@@ -30,8 +31,8 @@ LOOSE_CANDIDATES = np.round(np.arange(0.05, 0.901, 0.05), 2)
 
 @dataclass(frozen=True)
 class Thresholds:
-    loose: float = 0.1  # the paper's loose mask: what inpaint removes
-    tight: float = 0.5  # what compose cuts out
+    loose: float = PAPER_THRESHOLDS["loose"]  # what inpaint removes
+    tight: float = PAPER_THRESHOLDS["tight"]  # what compose cuts out
 
     def as_dict(self) -> dict:
         return {"loose": self.loose, "tight": self.tight}

@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from ..engine import PRECISIONS, RunReport, Step, StepError, console, resolve_device, resolve_precision
-from .calibrate import DEFAULT_THRESHOLDS
 from ..images import ImageItem, mirror_path, overlay_mask, preview_grid, read_image, read_mask, spread_sample, write_image_atomic, write_mask_atomic
 
 REFINE_METHODS = ("none", "guided", "grabcut")
@@ -116,7 +115,8 @@ class SegmentStep(Step):
         self.grid = int(meta["grid"])
         self.backbone = meta["backbone"]
         calibrated = (meta.get("thresholds") or {}).get(options.refine)
-        self.thresholds = {**(calibrated or DEFAULT_THRESHOLDS.as_dict()), "source": "segmenter (validation labels)" if calibrated else "default"}
+        # Recorded only when the segmenter chose them; an older checkpoint leaves inpaint/compose their defaults.
+        self.thresholds = {**calibrated, "source": "segmenter (validation labels)"} if calibrated else None
         self.mean = np.asarray(meta["mean"], np.float32)
         self.std = np.asarray(meta["std"], np.float32)
         self.out_dir = Path(out_dir)
