@@ -40,14 +40,24 @@ import cv2
 import numpy as np
 
 CLASSES = ("cup", "flower", "coin")
-FAMILIES = ("foliage", "night", "park")
-# family -> (photo, regions (x0, y0, x1, y1) of it that hold no object)
-FAMILY_REGIONS = {
-    "foliage": ("flower", ((0, 0, 160, 427), (450, 0, 640, 427))),
-    "night": ("rocket", ((0, 0, 290, 427), (370, 0, 640, 427))),
-    "park": ("china", ((385, 110, 640, 427),)),
+# family -> (photo, regions (x0, y0, x1, y1) of it that hold no object, tint of a grey photo or None)
+TEXTURED_FAMILIES = {
+    "grass": ("grass", ((0, 0, 512, 512),), (0.62, 0.95, 0.42)),
+    "gravel": ("gravel", ((0, 0, 512, 512),), (1.05, 0.92, 0.72)),
+    "brick": ("brick", ((0, 0, 512, 512),), (1.08, 0.66, 0.52)),
 }
-VARIANTS = ("plain", "distractors")
+SMOOTH_FAMILIES = {
+    "foliage": ("flower", ((0, 0, 160, 427), (450, 0, 640, 427)), None),
+    "night": ("rocket", ((0, 0, 290, 427), (370, 0, 640, 427)), None),
+    "park": ("china", ((385, 110, 640, 427),), None),
+}
+# variant -> (families, one per class in training, in CLASSES order; whether each family holds a distractor)
+VARIANTS = {
+    "plain": (TEXTURED_FAMILIES, False),
+    "distractors": (TEXTURED_FAMILIES, True),
+    "smooth": (SMOOTH_FAMILIES, False),
+}
+DISTRACTOR_OF = {"grass": "cat", "gravel": "pagoda", "brick": "rocket", "foliage": "cat", "night": "pagoda", "park": "rocket"}
 
 
 @dataclass(frozen=True)
@@ -112,18 +122,24 @@ def library() -> dict[str, object]:
             objects["coin"].append(_cutout(_tint(coins, metal), fg))
     rocket, chelsea, china = data.rocket(), data.chelsea(), load_sample_image("china.jpg")
     distractors = {
-        "foliage": _cutout(chelsea, _grabcut(chelsea, (40, 0, 400, 299))),
-        "night": _cutout(china, _grabcut(china, (85, 15, 290, 400))),
-        "park": _cutout(rocket, _grabcut(rocket, (300, 60, 60, 360))),
+        "cat": _cutout(chelsea, _grabcut(chelsea, (40, 0, 400, 299))),
+        "pagoda": _cutout(china, _grabcut(china, (85, 15, 290, 400))),
+        "rocket": _cutout(rocket, _grabcut(rocket, (300, 60, 60, 360))),
     }
-    photos = {"flower": flower, "rocket": rocket, "china": china}
+    photos = {"flower": flower, "rocket": rocket, "china": china, "grass": data.grass(), "gravel": data.gravel(), "brick": data.brick()}
     return {"objects": objects, "distractors": distractors, "photos": photos}
+
+
+def family_spec(family: str) -> tuple[str, tuple, tuple | None]:
+    return {**TEXTURED_FAMILIES, **SMOOTH_FAMILIES}[family]
 
 
 def background(family: str, rng: np.random.Generator, size: int) -> np.ndarray:
     """A random square crop of an object-free region of the family's photo, maybe mirrored, brightness-jittered."""
-    photo_name, regions = FAMILY_REGIONS[family]
+    photo_name, regions, tint = family_spec(family)
     photo = library()["photos"][photo_name]
+    if tint is not None:
+        photo = _tint(photo, tint)
     x0, y0, x1, y1 = regions[int(rng.integers(len(regions)))]
     side = int(rng.integers(min(96, x1 - x0, y1 - y0), min(200, x1 - x0, y1 - y0) + 1))
     y, x = int(rng.integers(y0, y1 - side + 1)), int(rng.integers(x0, x1 - side + 1))
@@ -177,8 +193,8 @@ def make_example(cls: str, family: str, variant: str, rng: np.random.Generator, 
     """(image, true mask uint8, true clean background) for one class on one family."""
     lib = library()
     clean = background(family, rng, size)
-    if variant == "distractors":
-        rgb, alpha = _place(lib["distractors"][family], rng, size, (0.35, 0.55), 15, 0.08)
+    if VARIANTS[variant][1]:
+        rgb, alpha = _place(lib["distractors"][DISTRACTOR_OF[family]], rng, size, (0.35, 0.55), 15, 0.08)
         clean = _paste(clean, rgb, alpha)
     choices = lib["objects"][cls]
     rgb, alpha = _place(choices[int(rng.integers(len(choices)))], rng, size, (0.35, 0.7), 180, 0.08, random_tint=True)
@@ -194,16 +210,17 @@ def build(out: Path, variant: str = "plain", seed: int = 0, size: int = 128, tra
     if (out / "done").is_file() and (out / "done").read_text() == stamp:
         return out
     groups = []
+    families = tuple(VARIANTS[variant][0])
     for split, pairs in (
-        ("train", [(c, f, train_per_class) for c, f in zip(CLASSES, FAMILIES)]),
-        ("test", [(c, f, test_per_group) for c in CLASSES for f in FAMILIES]),
+        ("train", [(c, f, train_per_class) for c, f in zip(CLASSES, families)]),
+        ("test", [(c, f, test_per_group) for c in CLASSES for f in families]),
     ):
         for cls, family, count in pairs:
             for d in ("", "masks/", "backgrounds/"):
                 (out / f"{d}{split}" / cls).mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                rng = np.random.default_rng([seed, VARIANTS.index(variant), 0 if split == "train" else 1,
-                                             CLASSES.index(cls), FAMILIES.index(family), i])
+                rng = np.random.default_rng([seed, list(VARIANTS).index(variant), 0 if split == "train" else 1,
+                                             CLASSES.index(cls), families.index(family), i])
                 image, mask, clean = make_example(cls, family, variant, rng, size)
                 name = f"{cls}_{family}_{i:04d}"
                 cv2.imwrite(str(out / split / cls / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
@@ -225,7 +242,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Build the real-photo dataset (to look at it).")
     parser.add_argument("out", type=Path)
-    parser.add_argument("--variant", choices=VARIANTS, default="plain")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="plain")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(build(args.out, args.variant, args.seed))

@@ -209,7 +209,7 @@ def table(variant: str, result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default=",".join(real_photo_data.VARIANTS))
+    parser.add_argument("--variants", default="plain,distractors", help=f"of {', '.join(real_photo_data.VARIANTS)}")
     parser.add_argument("--seeds", default="0,1,2", help="classifier and compose seeds")
     parser.add_argument("--labels", type=int, default=150, help="patch-labelled training images")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
