@@ -51,11 +51,13 @@ SMOOTH_FAMILIES = {
     "night": ("rocket", ((0, 0, 290, 427), (370, 0, 640, 427)), None),
     "park": ("china", ((385, 110, 640, 427),), None),
 }
-# variant -> (families, one per class in training, in CLASSES order; whether each family holds a distractor)
+FINE_CLASSES = ("coins-a", "coins-b", "coins-c")  # every third of the 22 coins: told apart by detail only
+# variant -> (families, one per class in training, in class order; whether each family holds a distractor; classes)
 VARIANTS = {
-    "plain": (TEXTURED_FAMILIES, False),
-    "distractors": (TEXTURED_FAMILIES, True),
-    "smooth": (SMOOTH_FAMILIES, False),
+    "plain": (TEXTURED_FAMILIES, False, CLASSES),
+    "distractors": (TEXTURED_FAMILIES, True, CLASSES),
+    "fine": (TEXTURED_FAMILIES, False, FINE_CLASSES),
+    "smooth": (SMOOTH_FAMILIES, False, CLASSES),
 }
 DISTRACTOR_OF = {"grass": "cat", "gravel": "pagoda", "brick": "rocket", "foliage": "cat", "night": "pagoda", "park": "rocket"}
 
@@ -126,6 +128,8 @@ def library() -> dict[str, object]:
         "pagoda": _cutout(china, _grabcut(china, (85, 15, 290, 400))),
         "rocket": _cutout(rocket, _grabcut(rocket, (300, 60, 60, 360))),
     }
+    for k, name in enumerate(FINE_CLASSES):
+        objects[name] = objects["coin"][k::3]
     photos = {"flower": flower, "rocket": rocket, "china": china, "grass": data.grass(), "gravel": data.gravel(), "brick": data.brick()}
     return {"objects": objects, "distractors": distractors, "photos": photos}
 
@@ -210,17 +214,17 @@ def build(out: Path, variant: str = "plain", seed: int = 0, size: int = 128, tra
     if (out / "done").is_file() and (out / "done").read_text() == stamp:
         return out
     groups = []
-    families = tuple(VARIANTS[variant][0])
+    families, classes = tuple(VARIANTS[variant][0]), VARIANTS[variant][2]
     for split, pairs in (
-        ("train", [(c, f, train_per_class) for c, f in zip(CLASSES, families)]),
-        ("test", [(c, f, test_per_group) for c in CLASSES for f in families]),
+        ("train", [(c, f, train_per_class) for c, f in zip(classes, families)]),
+        ("test", [(c, f, test_per_group) for c in classes for f in families]),
     ):
         for cls, family, count in pairs:
             for d in ("", "masks/", "backgrounds/"):
                 (out / f"{d}{split}" / cls).mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 rng = np.random.default_rng([seed, list(VARIANTS).index(variant), 0 if split == "train" else 1,
-                                             CLASSES.index(cls), families.index(family), i])
+                                             classes.index(cls), families.index(family), i])
                 image, mask, clean = make_example(cls, family, variant, rng, size)
                 name = f"{cls}_{family}_{i:04d}"
                 cv2.imwrite(str(out / split / cls / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
