@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import StepError, console, make_progress, resolve_device
-from .images import ImageError, read_image, scan_image_folder, write_bytes_atomic
-from .segmenter.model import IMAGENET_MEAN, IMAGENET_STD
+from .engine import StepError, build_record, make_progress, read_items, resolve_device, status_of, write_run_record
+from .images import read_image, scan_image_folder, write_bytes_atomic
+from .nets import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalise
 
 META_FILE = "autobackswap.json"
 MODEL_FORMAT = "autobackswap-classifier"
@@ -82,9 +82,7 @@ def to_uint8_batch(squares: Sequence[np.ndarray]) -> torch.Tensor:
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """uint8 (or [0, 255] float) N x 3 x S x S -> ImageNet-normalised float."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    return imagenet_normalise(x.float() / 255.0)
 
 
 @contextmanager
@@ -179,16 +177,9 @@ def _read_dataset(data_dir: Path, size: int, progress: bool) -> tuple[torch.Tens
     if len(scan.classes) < 2:
         raise StepError(f"{data_dir} needs at least two class folders with images (found: {', '.join(scan.classes) or 'none'})")
     images, targets, failures = [], [], []
-    with make_progress(transient=True, enabled=progress) as bar:
-        task = bar.add_task("reading images", total=len(scan.items), status="")
-        for item in scan.items:
-            try:
-                images.append(square(read_image(item.path), size))
-                targets.append(scan.classes.index(item.cls))
-            except ImageError as exc:
-                failures.append({"item": str(item.rel), "reason": str(exc)})
-                console.print(f"[red]skipped[/] {item.rel}: {exc}")
-            bar.advance(task)
+    for item, image in read_items(scan.items, lambda it: square(read_image(it.path), size), failures, progress=progress):
+        images.append(image)
+        targets.append(scan.classes.index(item.cls))
     if not images:
         raise StepError(f"no readable images in {data_dir}")
     return to_uint8_batch(images), torch.tensor(targets), scan.classes, failures
@@ -257,7 +248,8 @@ def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, pr
         torch.jit.save(torch.jit.script(model.cpu().eval()), buffer, _extra_files={META_FILE: json.dumps(meta)})
     out_path = Path(out_path)
     write_bytes_atomic(out_path, buffer.getvalue())
-    record = {"step": "train-classifier", "model": str(out_path), **meta, "counts": {"images": len(x_all), "failed": len(failures)},
-              "failures": failures, "wall_time_s": round(time.perf_counter() - t0, 2)}
-    write_bytes_atomic(out_path.with_name(out_path.name + ".json"), (json.dumps(record, indent=2) + "\n").encode())
+    write_run_record(out_path.with_name(out_path.name + ".json"), build_record(
+        "train-classifier", status=status_of(len(failures)), options=options, counts={"images": len(x_all), "failed": len(failures)},
+        wall_time_s=time.perf_counter() - t0, failures=failures, model=str(out_path),
+        **{k: v for k, v in meta.items() if k != "options"}))
     return TrainedClassifier(out_path, classes, len(x_all), train_accuracy, failures)

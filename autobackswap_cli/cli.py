@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import replace
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from . import __version__
+from .choices import BackgroundsFrom, InpaintMethod, OutputFormat, Precision, Refine
 from .engine import FailFast, RunOptions, StepError, console, default_workers, print_summary, resolve_shard
 
 app = typer.Typer(
@@ -43,6 +46,15 @@ Preview = Annotated[Optional[Path], typer.Option("--preview", help="Write a PNG 
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same inputs and seed give identical outputs.")]
 Grid = Annotated[int, typer.Option("--grid", help="Patch grid size P (P x P patches per image).", min=2)]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Model arithmetic: auto (fp16 on CUDA, else fp32), fp32, fp16, bf16.")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Output format: same (as the input), png, jpg or webp.")]
+Quality = Annotated[int, typer.Option("--quality", help="JPEG/WEBP quality.", min=1, max=100)]
+RefineOpt = Annotated[Refine, typer.Option("--refine", help="segment: snap mask edges to the image: guided (guided filter, fast), grabcut (slower, sharpest) or none.")]
+MethodOpt = Annotated[InpaintMethod, typer.Option("--method", help="inpaint: texture (default: offline, continues the background's texture), pyramid (smooth, fastest), telea, ns, diffusers, torchscript.")]
+InpaintModel = Annotated[Optional[str], typer.Option("--model", help="inpaint: diffusers hub id or local pipeline folder; torchscript: model file (e.g. big-lama.pt).")]
+BgFrom = Annotated[BackgroundsFrom, typer.Option("--bg-from", help="compose: backgrounds from any (class uniform, then image), other-class, same-class, next-class.")]
+Loose = Annotated[Optional[float], typer.Option("--loose", help="inpaint: fill where P(foreground) is at least this (the loose mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.1.", min=0.0, max=1.0, show_default=False)]
+Tight = Annotated[Optional[float], typer.Option("--tight", help="compose: the foreground is where P(fg) is at least this (the tight mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.5.", min=0.0, max=1.0, show_default=False)]
 
 
 def _run_options(workers: int, batch_size: int, shard: Optional[str], overwrite: bool, fail_fast: bool, no_progress: bool) -> RunOptions:
@@ -136,47 +148,26 @@ def label_cmd(
     no_progress: NoProgress = False,
 ) -> None:
     """Make patch labels: paint them on a local web page, or import them from masks, a masks.csv or COCO."""
-    from .engine import prepare_items, run_step
-    from .labels import DEFAULT_GRID, LabelImportStep, LabelsInfo, export_csv as write_csv, read_labels_info, select_stratified, source_from_coco, source_from_csv, source_from_masks, write_labels_info
+    from .engine import prepare_items
+    from .labels import ImportRequest, export_csv as write_csv, import_labels, read_labels_info
 
-    chosen = [s for s in (from_masks, from_csv, from_coco) if s is not None]
+    chosen = [(kind, path) for kind, path in (("masks", from_masks), ("csv", from_csv), ("coco", from_coco)) if path is not None]
     if len(chosen) > 1:
         raise StepError("use one of --from-masks, --from-csv, --from-coco")
     items, warnings = prepare_items(data, out)
-    if not chosen:
-        if export_csv:
-            rows, unlabelled = write_csv(out, items, export_csv, read_labels_info(out).grid)
-            console.print(f"exported {rows} labelled image(s) to {export_csv}" + (f" ({unlabelled} unlabelled patches written as 0)" if unlabelled else ""))
-            return
+    if chosen:
+        request = ImportRequest(*chosen[0], grid=grid, threshold=threshold, count=count, seed=seed)
+        report = import_labels(data, out, items, request, _run_options(workers, 16, None, overwrite, fail_fast, no_progress), warnings)
+    elif not export_csv:
         from .labeler import LabelStore, serve
 
-        store = LabelStore(data, out, items, count=count, seed=seed, grid=grid, segmenter=segmenter)
-        serve(store, host=host, port=port, open_browser=not no_browser)
+        serve(LabelStore(data, out, items, count=count, seed=seed, grid=grid, segmenter=segmenter), host=host, port=port, open_browser=not no_browser)
         return
-    if from_masks:
-        source = source_from_masks(from_masks, items, grid or DEFAULT_GRID, threshold)
-    elif from_csv:
-        source = source_from_csv(from_csv, items, grid)
-    else:
-        source = source_from_coco(from_coco, items, grid or DEFAULT_GRID, threshold)
-    for w in source.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
-    targets = source.available
-    if count is not None:
-        keep = set(select_stratified([str(it.rel) for it in targets], count, seed))
-        targets = [it for it in targets if str(it.rel) in keep]
-    if not targets:
-        raise StepError(f"{source.source} labels none of the images in {data}")
-    existing = read_labels_info(out) if (out / "labels.json").exists() else None
-    if existing and existing.grid != source.grid:
-        raise StepError(f"{out} already holds {existing.grid}x{existing.grid} labels; this import makes {source.grid}x{source.grid} (use another folder)")
-    step = LabelImportStep(source, out)
-    report = run_step(step, targets, _run_options(workers, 16, None, overwrite, fail_fast, no_progress), warnings + source.warnings)
-    write_labels_info(out, LabelsInfo(grid=source.grid, source=source.source, method=source.method, threshold=source.threshold if source.method != "from-csv" else None, count=sum(1 for it in items if (out / f"{it.key}.png").exists())))
     if export_csv:
-        rows, _ = write_csv(out, items, export_csv, source.grid)
-        console.print(f"exported {rows} labelled image(s) to {export_csv}")
-    _finish(report)
+        rows, unlabelled = write_csv(out, items, export_csv, read_labels_info(out).grid)
+        console.print(f"exported {rows} labelled image(s) to {export_csv}" + (f" ({unlabelled} unlabelled patches written as 0)" if unlabelled else ""))
+    if chosen:
+        _finish(report)
 
 
 # ----------------------------------------------------------------- train-segmenter
@@ -232,12 +223,12 @@ def train_segmenter_cmd(
 @_handles_errors
 def segment_cmd(
     data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Segmenter checkpoint from train-segmenter.", dir_okay=False)],
+    segmenter: Annotated[Path, typer.Option("--segmenter", "--model", "-m", help="Segmenter checkpoint from train-segmenter.", dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="MASKS folder: <class>/<name>.png, value = P(foreground) * 255.")],
-    refine: Annotated[str, typer.Option("--refine", help="Snap mask edges to the image: guided (guided filter, fast), grabcut (slower, sharpest) or none.")] = "guided",
+    refine: RefineOpt = Refine.guided,
     truth: Annotated[Optional[Path], typer.Option("--truth", help="Ground-truth masks mirroring DATA: print and record the IoU against them.")] = None,
     device: Device = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16.")] = "auto",
+    precision: PrecisionOpt = Precision.auto,
     workers: Workers = default_workers(),
     batch_size: BatchSize = 32,
     shard: ShardOpt = None,
@@ -250,10 +241,8 @@ def segment_cmd(
     from .engine import prepare_items, run_step
     from .segmenter.predict import SegmentOptions, SegmentStep
 
-    if precision not in ("auto", "fp32", "fp16", "bf16"):
-        raise StepError(f"--precision must be auto, fp32, fp16 or bf16; got {precision!r}")
     items, warnings = prepare_items(data, out)
-    step = SegmentStep(model, out, SegmentOptions(device=device, refine=refine, precision=precision, preview=str(preview) if preview else None, truth=str(truth) if truth else None))
+    step = SegmentStep(segmenter, out, SegmentOptions(device=device, refine=refine.value, precision=precision.value, preview=str(preview) if preview else None, truth=str(truth) if truth else None))
     _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress), warnings))
 
 
@@ -266,9 +255,9 @@ def inpaint_cmd(
     data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
     masks: Annotated[Path, typer.Argument(help="MASKS folder from `autobackswap segment` (or your own masks, 0..255).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="BACKGROUNDS folder: each image with its foreground filled in.")],
-    method: Annotated[str, typer.Option("--method", help="texture (default: offline, continues the background's texture), pyramid (smooth, fastest), telea, ns, diffusers, torchscript.")] = "texture",
-    model: Annotated[Optional[str], typer.Option("--model", help="diffusers: hub id or local pipeline folder; torchscript: model file (e.g. big-lama.pt).")] = None,
-    loose: Annotated[Optional[float], typer.Option("--loose", help="Fill where P(foreground) is at least this (the loose mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.1.", min=0.0, max=1.0, show_default=False)] = None,
+    method: MethodOpt = InpaintMethod.texture,
+    model: InpaintModel = None,
+    loose: Loose = None,
     dilate: Annotated[int, typer.Option("--dilate", help="Grow the fill region by this many pixels, so no halo survives.", min=0)] = 4,
     texture: Annotated[str, typer.Option("--texture", help="pyramid: restore texture from the known background: off, auto (as much as it predicts), or a strength such as 0.5. Slower.")] = "off",
     radius: Annotated[int, typer.Option("--radius", help="telea / ns: neighbourhood radius in pixels.", min=1)] = 3,
@@ -277,10 +266,10 @@ def inpaint_cmd(
     steps: Annotated[int, typer.Option("--steps", help="diffusers: denoising steps.", min=1)] = 25,
     guidance: Annotated[float, typer.Option("--guidance", help="diffusers: classifier-free guidance scale.")] = 7.5,
     resolution: Annotated[int, typer.Option("--resolution", help="diffusers: side of the square crop the model sees (multiple of 8).", min=8)] = 512,
-    out_format: Annotated[str, typer.Option("--format", help="Output format: same (as the input), png, jpg or webp.")] = "same",
-    quality: Annotated[int, typer.Option("--quality", help="JPEG/WEBP quality.", min=1, max=100)] = 95,
+    out_format: FormatOpt = OutputFormat.same,
+    quality: Quality = 95,
     device: Device = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="Model backends: auto (fp16 on CUDA, else fp32), fp32, fp16, bf16.")] = "auto",
+    precision: PrecisionOpt = Precision.auto,
     seed: Seed = 0,
     workers: Workers = default_workers(),
     batch_size: BatchSize = 4,
@@ -292,26 +281,16 @@ def inpaint_cmd(
 ) -> None:
     """Remove the foreground and fill the hole: a clean background per image."""
     from .engine import prepare_items, run_step
-    from .inpaint import InpaintOptions
+    from .inpaint import InpaintOptions, texture_strength
     from .inpaint.step import FillRegion, InpaintStep
 
-    if out_format not in ("same", "png", "jpg", "jpeg", "webp"):
-        raise StepError(f"--format must be same, png, jpg or webp; got {out_format!r}")
-    if not masks.is_dir():
-        raise StepError(f"masks folder not found: {masks}")
-    texture_strength = {"off": 0.0, "auto": -1.0}.get(texture)
-    if texture_strength is None:
-        try:
-            texture_strength = float(texture)
-        except ValueError:
-            raise StepError(f"--texture must be off, auto or a number; got {texture!r}") from None
     defaults = InpaintOptions()
     options = InpaintOptions(
-        method=method, model=model, prompt=prompt or defaults.prompt, negative_prompt=negative_prompt if negative_prompt is not None else defaults.negative_prompt,
-        steps=steps, guidance=guidance, resolution=resolution, radius=radius, texture=texture_strength, seed=seed, device=device, precision=precision,
+        method=method.value, model=model, prompt=prompt or defaults.prompt, negative_prompt=negative_prompt if negative_prompt is not None else defaults.negative_prompt,
+        steps=steps, guidance=guidance, resolution=resolution, radius=radius, texture=texture_strength(texture), seed=seed, device=device, precision=precision.value,
     )
     items, warnings = prepare_items(data, out, extra_outputs=[masks])
-    step = InpaintStep(masks, out, options, FillRegion(loose=loose, dilate=dilate), out_format=out_format, quality=quality, preview=str(preview) if preview else None)
+    step = InpaintStep(masks, out, options, FillRegion(loose=loose, dilate=dilate), out_format=out_format.value, quality=quality, preview=str(preview) if preview else None)
     _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress), warnings))
 
 
@@ -336,18 +315,18 @@ def compose_cmd(
     backgrounds: Annotated[Path, typer.Argument(help="BACKGROUNDS folder from `autobackswap inpaint`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="OUT folder: <class>/<name>__<bg-class>__<bg-name>.<ext> and manifest.csv.")],
     per_image: Annotated[int, typer.Option("--per-image", "-k", help="Composites per foreground image.", min=1)] = 1,
-    bg_from: Annotated[str, typer.Option("--bg-from", help="Backgrounds from: any (class uniform, then image), other-class, same-class, next-class.")] = "any",
+    bg_from: BgFrom = BackgroundsFrom.any,
     only_fg: Annotated[bool, typer.Option("--only-fg", help="Write each foreground on a flat fill instead (IN-9 Only-FG).")] = False,
     only_bg: Annotated[bool, typer.Option("--only-bg", help="Write each image's own clean background instead (IN-9 Only-BG).")] = False,
     include_originals: Annotated[bool, typer.Option("--include-originals", help="Also copy the original images into OUT.")] = False,
-    tight: Annotated[Optional[float], typer.Option("--tight", help="The foreground is where P(fg) is at least this (the tight mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.5.", min=0.0, max=1.0, show_default=False)] = None,
+    tight: Tight = None,
     feather: Annotated[float, typer.Option("--feather", help="Soft edge of the foreground, in pixels.", min=0.0)] = 2.0,
     scale: Annotated[str, typer.Option("--scale", help="Random foreground scale range a,b (e.g. 0.8,1.2).")] = "1,1",
     rotate: Annotated[float, typer.Option("--rotate", help="Random rotation up to this many degrees either way.", min=0.0)] = 0.0,
     translate: Annotated[int, typer.Option("--translate", help="Random shift up to this many pixels on each axis (kept inside the frame).", min=0)] = 0,
     fill: Annotated[str, typer.Option("--fill", help="--only-fg: the flat fill colour as R,G,B.")] = "0,0,0",
-    out_format: Annotated[str, typer.Option("--format", help="Output format: same (as the input), jpg, png or webp.")] = "same",
-    quality: Annotated[int, typer.Option("--quality", help="JPEG/WEBP quality.", min=1, max=100)] = 95,
+    out_format: FormatOpt = OutputFormat.same,
+    quality: Quality = 95,
     seed: Seed = 0,
     workers: Workers = default_workers(),
     shard: ShardOpt = None,
@@ -362,19 +341,15 @@ def compose_cmd(
 
     if only_fg and only_bg:
         raise StepError("use either --only-fg or --only-bg")
-    if out_format not in ("same", "png", "jpg", "jpeg", "webp"):
-        raise StepError(f"--format must be same, png, jpg or webp; got {out_format!r}")
-    if not masks.is_dir():
-        raise StepError(f"masks folder not found: {masks}")
     lo, hi = _floats(scale, "--scale", 2)
     options = ComposeOptions(
-        per_image=per_image, bg_from=bg_from, variant="only-fg" if only_fg else ("only-bg" if only_bg else "swap"), tight=tight,
+        per_image=per_image, bg_from=bg_from.value, variant="only-fg" if only_fg else ("only-bg" if only_bg else "swap"), tight=tight,
         feather=feather, scale=(lo, hi), rotate=rotate, translate=translate, fill=tuple(int(v) for v in _floats(fill, "--fill", 3)),
-        include_originals=include_originals, out_format=out_format, quality=quality, seed=seed,
+        include_originals=include_originals, out_format=out_format.value, quality=quality, seed=seed,
     )
     run_options = _run_options(workers, 1, shard, overwrite, fail_fast, no_progress)
     items, warnings = prepare_items(data, out, extra_outputs=[masks, backgrounds])
-    step = ComposeStep(masks, backgrounds, out, options, shard=run_options.shard, preview=str(preview) if preview else None)
+    step = ComposeStep(masks, backgrounds, out, options, preview=str(preview) if preview else None)
     _finish(run_step(step, items, run_options, warnings))
 
 
@@ -449,18 +424,25 @@ def evaluate_cmd(
 @app.command("run")
 @_handles_errors
 def run_cmd(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="LABELS folder (from `autobackswap label`).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="WORK folder: segmenter.pt, masks/, backgrounds/, composites/.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="WORK folder: segmenter.pt, masks/, backgrounds/, composites/ and autobackswap.json (every step's options).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="Replay the options of an earlier run: its WORK/autobackswap.json. Options given here override it.", dir_okay=False, exists=True)] = None,
     backbone: Annotated[str, typer.Option("--backbone", help="Segmenter backbone (see train-segmenter).")] = "small-cnn",
     pretrained: Annotated[bool, typer.Option("--pretrained", help="Segmenter starts from torchvision's ImageNet weights.")] = False,
     epochs: Annotated[int, typer.Option("--epochs", help="Most segmenter training epochs.", min=1)] = 40,
-    refine: Annotated[str, typer.Option("--refine", help="segment: guided, grabcut or none.")] = "guided",
-    method: Annotated[str, typer.Option("--method", help="inpaint: texture (default), pyramid, telea, ns, diffusers, torchscript.")] = "texture",
-    model: Annotated[Optional[str], typer.Option("--model", help="inpaint: diffusers pipeline or TorchScript file.")] = None,
+    refine: RefineOpt = Refine.guided,
+    method: MethodOpt = InpaintMethod.texture,
+    model: InpaintModel = None,
+    loose: Loose = None,
+    tight: Tight = None,
     per_image: Annotated[int, typer.Option("--per-image", "-k", help="compose: composites per image.", min=1)] = 1,
-    bg_from: Annotated[str, typer.Option("--bg-from", help="compose: any, other-class, same-class, next-class.")] = "any",
+    bg_from: BgFrom = BackgroundsFrom.any,
+    out_format: FormatOpt = OutputFormat.same,
+    quality: Quality = 95,
     device: Device = "auto",
+    precision: PrecisionOpt = Precision.auto,
     seed: Seed = 0,
     workers: Workers = default_workers(),
     batch_size: BatchSize = 32,
@@ -471,20 +453,16 @@ def run_cmd(
     no_progress: NoProgress = False,
 ) -> None:
     """The whole chain: train-segmenter, segment, inpaint, compose (resumable step by step)."""
-    from .compose import ComposeOptions
-    from .inpaint import InpaintOptions
-    from .pipeline import PipelineOptions, run_pipeline
-    from .segmenter.predict import SegmentOptions
-    from .segmenter.train import TrainOptions
+    from .pipeline import RUN_FLAGS, PipelineOptions, run_pipeline
 
-    options = PipelineOptions(
-        train=TrainOptions(backbone=backbone, pretrained=pretrained, epochs=epochs, seed=seed, device=device),
-        segment=SegmentOptions(device=device, refine=refine),
-        inpaint=InpaintOptions(method=method, model=model, seed=seed, device=device),
-        compose=ComposeOptions(per_image=per_image, bg_from=bg_from, seed=seed),
-        run=_run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress),
-        preview=str(preview) if preview else None,
-    )
+    flags = {name: ctx.params[name] for name in RUN_FLAGS}
+    flags = {k: v.value if isinstance(v, Enum) else v for k, v in flags.items()}
+    if config is not None:  # the record's options, then what this command line says
+        flags = {k: v for k, v in flags.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    base = PipelineOptions.from_record(config) if config else PipelineOptions()
+    options = base.with_flags(flags)
+    options.run = replace(options.run, shard=resolve_shard(shard), progress=not no_progress)
+    options.preview = str(preview) if preview else None
     reports = run_pipeline(data, labels, out, options)
     console.print(f"[green]done[/]: composites in {out / 'composites'} (manifest.csv lists each one)")
     if any(r.failures for r in reports):

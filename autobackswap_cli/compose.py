@@ -15,18 +15,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
-from .engine import RunReport, Shard, Step, StepError, console, mask_threshold
+from .choices import BackgroundsFrom
+from .engine import RunReport, Step, StepError, console, mask_threshold
 from .images import ImageError, ImageItem, bounding_box, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
 
-BG_MODES = ("any", "other-class", "same-class", "next-class")
+BG_MODES = BackgroundsFrom.values()
 VARIANTS = ("swap", "only-fg", "only-bg")
+DEFAULT_FEATHER = 2.0  # edge softness in pixels (Gaussian sigma = feather / 2)
 MANIFEST_FIELDS = ["output", "foreground", "background", "foreground_class", "background_class", "scale", "angle", "shift_x", "shift_y", "seed"]
 
 
@@ -36,7 +38,7 @@ class ComposeOptions:
     bg_from: str = "any"
     variant: str = "swap"
     tight: float | None = None  # alpha = P(fg) >= tight, then feathered; None: what MASKS' segmenter chose, else 0.5
-    feather: float = 2.0  # edge softness in pixels (Gaussian sigma = feather / 2)
+    feather: float = DEFAULT_FEATHER
     scale: tuple[float, float] = (1.0, 1.0)
     rotate: float = 0.0  # degrees, uniform in [-rotate, rotate]
     translate: int = 0  # pixels, uniform in [-translate, translate] on each axis
@@ -149,7 +151,7 @@ def sample_placement(rng: np.random.Generator, options: ComposeOptions) -> Place
 # --------------------------------------------------------------------------- pixels
 
 
-def foreground_alpha(mask: np.ndarray, tight: float = 0.5, feather: float = 2.0) -> np.ndarray:
+def foreground_alpha(mask: np.ndarray, tight: float = 0.5, feather: float = DEFAULT_FEATHER) -> np.ndarray:
     """Tight binary mask (P(fg) >= tight) with a Gaussian-feathered edge, float32 in [0, 1].
 
     The soft edge lies inside the tight mask (eroded by ``feather`` px first), so the ring of the
@@ -228,6 +230,58 @@ def blend(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> 
     return out
 
 
+# --------------------------------------------------------------------------- the compose core
+
+
+class Compositor:
+    """THE compose core: mask -> alpha -> placement -> blend, for one MASKS folder and one pool of backgrounds.
+
+    ``compose``, ``BackSwapDataset`` and ``evaluate`` all cut out and paste through it, so a composite is the same
+    wherever it is made. ``tight`` None: what the masks' segmenter chose, else 0.5.
+    """
+
+    def __init__(self, masks_dir: Path, backgrounds_dir: Path, tight: float | None = None, feather: float = DEFAULT_FEATHER):
+        self.masks_dir = Path(masks_dir)
+        if not self.masks_dir.is_dir():
+            raise StepError(f"masks folder not found: {self.masks_dir}")
+        self.tight, self.tight_source = mask_threshold(self.masks_dir, "tight", tight)
+        self.feather = feather
+        self.pool = BackgroundPool(backgrounds_dir)
+
+    def alpha(self, item: ImageItem, size_hw: tuple[int, int] | None, required: bool = True) -> np.ndarray:
+        """The item's cut-out alpha (its mask must have ``size_hw`` when given); with ``required``, a missing mask
+        or an empty cut-out is an ``ImageError`` naming the reason."""
+        mask_path = mirror_path(self.masks_dir, item.rel, ".png")
+        if required and not mask_path.exists():
+            raise ImageError(f"no mask for this image (expected {mask_path})")
+        alpha = foreground_alpha(read_mask(mask_path, size_hw), self.tight, self.feather)
+        if required and not alpha.any():
+            raise ImageError(f"no foreground in the mask at P(fg) >= {self.tight}: nothing to compose")
+        return alpha
+
+    def background(self, rel: str, height: int, width: int) -> np.ndarray:
+        """The background ``rel`` (relative to the pool) fitted to height x width."""
+        return fit_background(read_image(self.pool.root / rel), height, width)
+
+    def own_background(self, item: ImageItem) -> str:
+        """The background made from this very image (``rel`` in the pool)."""
+        own = self.pool.own(item.key)
+        if own is None:
+            raise ImageError(f"no background for this image in {self.pool.root}")
+        return own
+
+    def paste(self, image: np.ndarray, alpha: np.ndarray, background: np.ndarray, placement: Placement = Placement()) -> tuple[np.ndarray, Placement]:
+        """The foreground of ``image`` moved by ``placement`` and blended onto ``background``; and the placement
+        used (its shift kept inside the frame)."""
+        fg, a, used = place_foreground(image, alpha, placement)
+        return blend(fg, a, background), used
+
+    def swap(self, image: np.ndarray, alpha: np.ndarray, background_rel: str, placement: Placement = Placement()) -> tuple[np.ndarray, Placement]:
+        """The foreground on the background ``background_rel`` of the pool."""
+        h, w = alpha.shape
+        return self.paste(image, alpha, self.background(background_rel, h, w), placement)
+
+
 # --------------------------------------------------------------------------- the step
 
 
@@ -243,15 +297,12 @@ class Composite:
 class ComposeStep(Step):
     name = "compose"
 
-    def __init__(self, masks_dir: Path, backgrounds_dir: Path, out_dir: Path, options: ComposeOptions, shard: Shard = Shard(),
+    def __init__(self, masks_dir: Path, backgrounds_dir: Path, out_dir: Path, options: ComposeOptions,
                  preview: str | None = None, preview_count: int = 24):
         options.check()
-        self.masks_dir = Path(masks_dir)
-        tight, self.tight_source = mask_threshold(self.masks_dir, "tight", options.tight)
-        self.pool = BackgroundPool(backgrounds_dir)
+        self.core = Compositor(masks_dir, backgrounds_dir, options.tight, options.feather)
         self.out_dir = Path(out_dir)
-        self.options = replace(options, tight=tight)
-        self.shard = shard
+        self.options = options
         self.preview = preview
         self.preview_count = preview_count
         self.rows: dict[str, dict] = {}
@@ -267,11 +318,11 @@ class ComposeStep(Step):
         if o.variant == "only-fg":
             return [Composite(parent / f"{stem}__only-fg{ext}", None)]
         if o.variant == "only-bg":
-            return [Composite(parent / f"{stem}__only-bg{ext}", self._own_background(item))]
+            return [Composite(parent / f"{stem}__only-bg{ext}", self.core.own_background(item))]
         plans, used = [], set()
         for k in range(o.per_image):
             rng = item_rng(o.seed, item.key, k)
-            bg = self.pool.choose(item, rng, o.bg_from, used)
+            bg = self.core.pool.choose(item, rng, o.bg_from, used)
             used.add(bg)
             name = f"{stem}__{PurePosixPath(bg).parts[0]}__{PurePosixPath(bg).stem}"
             if any(p.output.stem == name for p in plans):
@@ -279,47 +330,34 @@ class ComposeStep(Step):
             plans.append(Composite(parent / f"{name}{ext}", bg, sample_placement(rng, o)))
         return plans
 
-    def _own_background(self, item: ImageItem) -> str:
-        own = self.pool.own(item.key)
-        if own is None:
-            raise ImageError(f"no background for this image in {self.pool.root}")
-        return own
-
     def outputs(self, item: ImageItem) -> list[Path]:
         try:
             paths = [self.out_dir / Path(c.output) for c in self.plan(item)]
         except ImageError:
-            return [self.out_dir / "__unplannable__" / item.rel]  # never exists: the item runs and fails with the reason
+            return []  # no background to plan with: the item runs, and fails with the reason
         if self.options.include_originals:
             paths.append(mirror_path(self.out_dir, item.rel))
         return paths
 
-    def load(self, item: ImageItem) -> list[tuple[Path, np.ndarray, dict]]:
+    def process(self, item: ImageItem) -> list[tuple[Path, np.ndarray, dict]]:
+        """The item's composites (path, pixels, manifest row), not yet written."""
         o = self.options
         image = read_image(item.path)
         h, w = image.shape[:2]
-        results = []
         if o.variant == "only-bg":
             (plan,) = self.plan(item)
-            background = fit_background(read_image(self.pool.root / plan.background), h, w)
-            return [(self.out_dir / Path(plan.output), background, self._row(item, plan))]
-        mask_path = mirror_path(self.masks_dir, item.rel, ".png")
-        if not mask_path.exists():
-            raise ImageError(f"no mask for this image (expected {mask_path})")
-        mask = read_mask(mask_path, (h, w))
-        alpha = foreground_alpha(mask, o.tight, o.feather)
-        if not alpha.any():
-            raise ImageError(f"no foreground in the mask at P(fg) >= {o.tight}: nothing to compose")
+            return [(self.out_dir / Path(plan.output), self.core.background(plan.background, h, w), self._row(item, plan))]
+        alpha = self.core.alpha(item, (h, w))
+        results = []
         for plan in self.plan(item):
-            if plan.background is None:  # only-fg
-                background = np.empty_like(image)
-                background[:] = np.asarray(o.fill, np.uint8)
-                fg, a, used = image, alpha, plan.placement
+            if plan.background is None:  # only-fg: the foreground on a flat fill
+                flat = np.empty_like(image)
+                flat[:] = np.asarray(o.fill, np.uint8)
+                composite, used = self.core.paste(image, alpha, flat)
             else:
-                background = fit_background(read_image(self.pool.root / plan.background), h, w)
-                fg, a, used = place_foreground(image, alpha, plan.placement)
+                composite, used = self.core.swap(image, alpha, plan.background, plan.placement)
             plan = Composite(plan.output, plan.background, used)
-            results.append((self.out_dir / Path(plan.output), blend(fg, a, background), self._row(item, plan)))
+            results.append((self.out_dir / Path(plan.output), composite, self._row(item, plan)))
         return results
 
     def write(self, item: ImageItem, results: list[tuple[Path, np.ndarray, dict]]) -> list[dict]:
@@ -349,15 +387,15 @@ class ComposeStep(Step):
             self.rows[row["output"]] = row
         self.collected.add(item.key)
 
-    def record(self) -> dict:
+    def recorded_options(self) -> dict:
         o = self.options
         return {
-            "masks": str(self.masks_dir), "backgrounds": str(self.pool.root), "variant": o.variant, "per_image": o.per_image,
-            "bg_from": o.bg_from, "tight": o.tight, "tight_from": self.tight_source, "feather": o.feather, "scale": list(o.scale), "rotate": o.rotate,
+            "masks": str(self.core.masks_dir), "backgrounds": str(self.core.pool.root), "variant": o.variant, "per_image": o.per_image,
+            "bg_from": o.bg_from, "tight": self.core.tight, "tight_from": self.core.tight_source, "feather": o.feather, "scale": list(o.scale), "rotate": o.rotate,
             "translate": o.translate, "include_originals": o.include_originals, "format": o.out_format, "quality": o.quality, "seed": o.seed,
         }
 
-    def results(self) -> dict:
+    def recorded_results(self) -> dict:
         return {"composites_in_manifest": self.manifest_count}
 
     def manifest_rows(self, item: ImageItem, plans: list[Composite]) -> list[dict]:
@@ -368,7 +406,7 @@ class ComposeStep(Step):
             placement = plan.placement
             if plan.background is not None and placement != Placement() and self.options.variant == "swap":
                 if alpha is None:
-                    alpha = foreground_alpha(read_mask(mirror_path(self.masks_dir, item.rel, ".png")), self.options.tight, self.options.feather)
+                    alpha = self.core.alpha(item, None, required=False)
                 _, placement = placement_matrix(alpha, placement)
             rows.append(self._row(item, Composite(plan.output, plan.background, placement)))
         return rows
@@ -389,7 +427,8 @@ class ComposeStep(Step):
         writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        name = "manifest.csv" if self.shard.count == 1 else f"manifest.shard-{self.shard.index}-of-{self.shard.count}.csv"
+        shard = report.shard
+        name = "manifest.csv" if shard.count == 1 else f"manifest.shard-{shard.index}-of-{shard.count}.csv"
         write_bytes_atomic(self.out_dir / name, buf.getvalue().encode())
         self.manifest_count = len(rows)
         if self.preview and rows:
@@ -419,9 +458,7 @@ class BackSwapDataset:
         self.classes = scan.classes
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.targets = [self.class_to_idx[it.cls] for it in self.items]
-        self.masks_dir = Path(masks_dir)
-        self.options = replace(self.options, tight=mask_threshold(self.masks_dir, "tight", self.options.tight)[0])
-        self.pool = BackgroundPool(Path(backgrounds_dir))
+        self.core = Compositor(Path(masks_dir), Path(backgrounds_dir), self.options.tight, self.options.feather)
         self.transform = transform
         self.p_original = p_original
         self.epoch = 0
@@ -440,13 +477,11 @@ class BackSwapDataset:
         image = read_image(item.path)
         if self.p_original and rng.random() < self.p_original:
             return image
-        h, w = image.shape[:2]
-        alpha = foreground_alpha(read_mask(mirror_path(self.masks_dir, item.rel, ".png"), (h, w)), o.tight, o.feather)
+        alpha = self.core.alpha(item, image.shape[:2], required=False)
         if not alpha.any():
             return image
-        background = fit_background(read_image(self.pool.root / self.pool.choose(item, rng, o.bg_from, set())), h, w)
-        fg, a, _ = place_foreground(image, alpha, sample_placement(rng, o))
-        return blend(fg, a, background)
+        background = self.core.pool.choose(item, rng, o.bg_from, set())
+        return self.core.swap(image, alpha, background, sample_placement(rng, o))[0]
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         from PIL import Image

@@ -36,9 +36,9 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.table import Table
 
 from .classifier import Classifier, load_classifier
-from .compose import BackgroundPool, blend, fit_background, foreground_alpha, item_rng
-from .engine import RunReport, StepError, console, make_progress, prepare_items, print_summary, mask_threshold
-from .images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
+from .compose import Compositor, item_rng
+from .engine import RunReport, StepError, console, prepare_items, print_summary, read_items
+from .images import ImageItem, preview_grid, read_image, spread_sample, write_bytes_atomic, write_image_atomic
 
 VARIANTS = ("original", "only-fg", "only-bg", "mixed-same", "mixed-rand", "mixed-next")
 MIXED = {"mixed-same": "same-class", "mixed-rand": "any", "mixed-next": "next-class"}  # variant -> compose --bg-from
@@ -82,31 +82,23 @@ class Evaluation:
 
 
 class VariantMaker:
-    """Builds the six variants of a test image from its mask, its own background and a pool to mix from."""
+    """Builds the six variants of a test image from its mask, its own background and a pool to mix from, through
+    compose's core (the same cut-out and blend as ``compose``)."""
 
     def __init__(self, masks: Path, backgrounds: Path, mix_from: Path | None, seed: int):
-        if not Path(masks).is_dir():
-            raise StepError(f"masks folder not found: {masks}")
-        self.masks = Path(masks)
-        self.own_pool = BackgroundPool(backgrounds)
-        self.mix_pool = BackgroundPool(mix_from) if mix_from else self.own_pool
-        self.own = {str(PurePosixPath(rel).with_suffix("")): rel for rels in self.own_pool.by_class.values() for rel in rels}
+        self.own = Compositor(masks, backgrounds)
+        self.mix = Compositor(masks, mix_from) if mix_from else self.own
         self.seed = seed
-        self.tight, _ = mask_threshold(self.masks, "tight")
 
     def __call__(self, item: ImageItem) -> dict[str, np.ndarray]:
         image = read_image(item.path)
         h, w = image.shape[:2]
-        alpha = foreground_alpha(read_mask(mirror_path(self.masks, item.rel, ".png"), (h, w)), self.tight)
-        if not alpha.any():
-            raise ImageError(f"no foreground in the mask at P(fg) >= {self.tight}")
-        if item.key not in self.own:
-            raise ImageError(f"no background for this image in {self.own_pool.root}")
-        own_background = fit_background(read_image(self.own_pool.root / self.own[item.key]), h, w)
-        variants = {"original": image, "only-fg": blend(image, alpha, np.zeros_like(image)), "only-bg": own_background}
+        alpha = self.own.alpha(item, (h, w))
+        variants = {"original": image, "only-fg": self.own.paste(image, alpha, np.zeros_like(image))[0],
+                    "only-bg": self.own.background(self.own.own_background(item), h, w)}
         for index, (variant, mode) in enumerate(MIXED.items()):
-            chosen = self.mix_pool.choose(item, item_rng(self.seed, item.key, index), mode, set())
-            variants[variant] = blend(image, alpha, fit_background(read_image(self.mix_pool.root / chosen), h, w))
+            chosen = self.mix.pool.choose(item, item_rng(self.seed, item.key, index), mode, set())
+            variants[variant] = self.mix.swap(image, alpha, chosen)[0]
         return variants
 
 
@@ -147,25 +139,23 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
     failures: list[dict] = []
     preview_keys = {it.key for it in spread_sample(items, PREVIEW_IMAGES)}
     preview_tiles: list[np.ndarray] = []
-    with make_progress(enabled=progress) as bar:
-        task = bar.add_task("evaluate", total=len(items), status="")
-        for start in range(0, len(items), options.batch_size):
+
+    def score(built: list[tuple[ImageItem, dict]]) -> None:
+        for model in models:
+            for variant in VARIANTS:
+                predicted = model.predict([v[variant] for _, v in built]) if built else []
+                for (item, _), index in zip(built, predicted):
+                    correct[model.name][variant][item.key] = label_names[model.name][index] == item.cls
+
+    built: list[tuple[ImageItem, dict]] = []
+    for item, variants in read_items(items, make_variants, failures, description="evaluate", progress=progress):
+        if item.key in preview_keys:
+            preview_tiles += [variants[v] for v in VARIANTS]
+        built.append((item, variants))
+        if len(built) == options.batch_size:
+            score(built)
             built = []
-            for item in items[start : start + options.batch_size]:
-                try:
-                    built.append((item, make_variants(item)))
-                except ImageError as exc:
-                    failures.append({"item": str(item.rel), "reason": str(exc)})
-                    bar.console.print(f"[red]failed[/] {item.rel}: {exc}")
-            for item, variants in built:
-                if item.key in preview_keys:
-                    preview_tiles += [variants[v] for v in VARIANTS]
-            for model in models:
-                for variant in VARIANTS:
-                    predicted = model.predict([v[variant] for _, v in built]) if built else []
-                    for (item, _), index in zip(built, predicted):
-                        correct[model.name][variant][item.key] = label_names[model.name][index] == item.cls
-            bar.update(task, advance=len(items[start : start + options.batch_size]), status=f"failed {len(failures)}" if failures else "")
+    score(built)
 
     report = {
         "test": str(test_dir),

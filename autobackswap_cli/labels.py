@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from .engine import Step, StepError
-from .images import IMAGE_EXTENSIONS, ImageError, ImageItem, image_size, read_mask, write_bytes_atomic, write_mask_atomic
+from .images import IMAGE_EXTENSIONS, ImageError, ImageItem, image_size, write_bytes_atomic, write_mask_atomic
 
 FOREGROUND, BACKGROUND, UNLABELLED = 255, 0, 128
 LABELS_INFO = "labels.json"
@@ -338,13 +338,13 @@ class LabelImportStep(Step):
     def outputs(self, item: ImageItem) -> list[Path]:
         return [label_path(self.out_dir, item)]
 
-    def load(self, item: ImageItem) -> np.ndarray:
+    def process(self, item: ImageItem) -> np.ndarray:
         return self.source.grid_for(item)
 
     def write(self, item: ImageItem, grid: np.ndarray) -> None:
         write_grid(label_path(self.out_dir, item), grid)
 
-    def record(self) -> dict:
+    def recorded_options(self) -> dict:
         return {"method": self.source.method, "source": self.source.source, "grid": self.source.grid, "threshold": self.source.threshold}
 
 
@@ -364,3 +364,44 @@ def export_csv(labels_dir: Path, items: Sequence[ImageItem], csv_path: Path, gri
         rows += 1
     write_bytes_atomic(Path(csv_path), buf.getvalue().encode())
     return rows, unlabelled
+
+
+@dataclass
+class ImportRequest:
+    """What ``label --from-*`` asked for: one source (``kind`` masks|csv|coco and its path) and the selection."""
+
+    kind: str
+    path: Path
+    grid: int | None = None
+    threshold: float = 0.25
+    count: int | None = None
+    seed: int = 0
+
+
+def import_labels(data_dir: Path, out_dir: Path, items: Sequence[ImageItem], request: ImportRequest, options, warnings: Sequence[str] = ()):
+    """Turn masks / a masks.csv / COCO into LABELS through the engine, then write labels.json; returns the run
+    report. ``count`` picks that many labelled images, stratified over classes."""
+    from .engine import console, run_step
+
+    if request.kind == "masks":
+        source = source_from_masks(request.path, items, request.grid or DEFAULT_GRID, request.threshold)
+    elif request.kind == "csv":
+        source = source_from_csv(request.path, items, request.grid)
+    else:
+        source = source_from_coco(request.path, items, request.grid or DEFAULT_GRID, request.threshold)
+    for w in source.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    targets = source.available
+    if request.count is not None:
+        keep = set(select_stratified([str(it.rel) for it in targets], request.count, request.seed))
+        targets = [it for it in targets if str(it.rel) in keep]
+    if not targets:
+        raise StepError(f"{source.source} labels none of the images in {data_dir}")
+    existing = read_labels_info(out_dir) if (Path(out_dir) / LABELS_INFO).exists() else None
+    if existing and existing.grid != source.grid:
+        raise StepError(f"{out_dir} already holds {existing.grid}x{existing.grid} labels; this import makes {source.grid}x{source.grid} (use another folder)")
+    report = run_step(LabelImportStep(source, out_dir), targets, options, [*warnings, *source.warnings])
+    labelled = sum(1 for it in items if label_path(out_dir, it).exists())
+    write_labels_info(out_dir, LabelsInfo(grid=source.grid, source=source.source, method=source.method,
+                                          threshold=source.threshold if source.method != "from-csv" else None, count=labelled))
+    return report

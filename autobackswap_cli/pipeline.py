@@ -7,15 +7,44 @@ finished items through the engine, so rerunning after a crash continues where it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 from .compose import ComposeOptions, ComposeStep
-from .engine import RunOptions, RunReport, StepError, console, prepare_items, print_summary, run_step
+from .engine import (RunOptions, RunReport, StepError, build_record, console, prepare_items, print_summary, record_path,
+                     run_step, status_of, write_run_record)
 from .inpaint import InpaintOptions
 from .inpaint.step import FillRegion, InpaintStep
 from .segmenter.predict import SegmentOptions, SegmentStep
 from .segmenter.train import TrainOptions, thresholds_line, train_segmenter
+
+
+# a `run` option -> the (section, field) pairs of PipelineOptions it sets
+RUN_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "backbone": (("train", "backbone"),),
+    "pretrained": (("train", "pretrained"),),
+    "epochs": (("train", "epochs"),),
+    "refine": (("segment", "refine"),),
+    "precision": (("segment", "precision"), ("inpaint", "precision")),
+    "method": (("inpaint", "method"),),
+    "model": (("inpaint", "model"),),
+    "loose": (("region", "loose"),),
+    "tight": (("compose", "tight"),),
+    "per_image": (("compose", "per_image"),),
+    "bg_from": (("compose", "bg_from"),),
+    "out_format": (("compose", "out_format"),),
+    "quality": (("compose", "quality"),),
+    "device": (("train", "device"), ("segment", "device"), ("inpaint", "device")),
+    "seed": (("train", "seed"), ("inpaint", "seed"), ("compose", "seed")),
+    "workers": (("run", "workers"),),
+    "batch_size": (("run", "batch_size"),),
+    "overwrite": (("run", "overwrite"),),
+    "fail_fast": (("run", "fail_fast"),),
+}
+SECTIONS = ("train", "segment", "inpaint", "region", "compose")  # replayed from a record; `run` (shard, ...) is not
 
 
 @dataclass
@@ -28,6 +57,40 @@ class PipelineOptions:
     run: RunOptions = field(default_factory=RunOptions)
     preview: str | None = None  # a PNG grid of composites
 
+    def with_flags(self, flags: Mapping[str, Any]) -> "PipelineOptions":
+        """A copy with ``run``'s options (names of RUN_FLAGS) set where they are given."""
+        sections = {name: getattr(self, name) for name in (*SECTIONS, "run")}
+        for flag, value in flags.items():
+            for section, name in RUN_FLAGS[flag]:
+                sections[section] = replace(sections[section], **{name: value})
+        return replace(self, **sections)
+
+    def recorded(self) -> dict:
+        """Every section's options, as the run record holds them (what ``run --config`` replays)."""
+        return {name: asdict(getattr(self, name)) for name in SECTIONS}
+
+    @classmethod
+    def from_record(cls, path: Path) -> "PipelineOptions":
+        """The options a `run` record (WORK/autobackswap.json) holds; unknown names are an error, missing ones keep
+        their defaults."""
+        try:
+            recorded = json.loads(Path(path).read_text())["options"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StepError(f"--config {path}: not a run record of `autobackswap run` ({type(exc).__name__}: {exc})") from None
+        sections = {}
+        for name in SECTIONS:
+            cls_ = type(getattr(cls(), name))
+            values = dict(recorded.get(name) or {})
+            unknown = set(values) - {f.name for f in fields(cls_)}
+            if unknown:
+                raise StepError(f"--config {path}: unknown {name} option(s): {', '.join(sorted(unknown))}")
+            if "scale" in values:
+                values["scale"] = tuple(values["scale"])
+            if "fill" in values:
+                values["fill"] = tuple(values["fill"])
+            sections[name] = cls_(**values)
+        return cls(**sections)
+
 
 def work_paths(work: Path) -> dict[str, Path]:
     work = Path(work)
@@ -35,7 +98,9 @@ def work_paths(work: Path) -> dict[str, Path]:
 
 
 def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions) -> list[RunReport]:
-    """Run every step in order; returns the item steps' reports (failures do not stop later steps)."""
+    """Run every step in order; returns the item steps' reports (failures do not stop later steps). WORK gets a
+    run record with every step's options (``run --config`` replays it)."""
+    t0 = time.perf_counter()
     paths = work_paths(work)
     Path(work).mkdir(parents=True, exist_ok=True)
     if options.run.shard.count > 1 and not paths["segmenter"].exists():
@@ -59,7 +124,11 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
     reports.append(run_step(InpaintStep(paths["masks"], paths["backgrounds"], options.inpaint, options.region), items, options.run, warnings))
     print_summary(reports[-1])
     console.print("[bold]4/4 compose[/]")
-    compose = ComposeStep(paths["masks"], paths["backgrounds"], paths["composites"], options.compose, shard=options.run.shard, preview=options.preview)
+    compose = ComposeStep(paths["masks"], paths["backgrounds"], paths["composites"], options.compose, preview=options.preview)
     reports.append(run_step(compose, items, options.run, warnings))
     print_summary(reports[-1])
+    failed = sum(r.failed for r in reports)
+    counts = {r.step: {"done": r.done, "skipped": r.skipped, "failed": r.failed} for r in reports}
+    write_run_record(record_path(Path(work), options.run.shard.index, options.run.shard.count), build_record("run", status=status_of(failed), options=options.recorded(), counts=counts,
+                                                           wall_time_s=time.perf_counter() - t0, data=str(data), labels=str(labels)))
     return reports

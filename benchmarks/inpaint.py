@@ -83,11 +83,11 @@ def run_set(name: str, root: Path, repeats: int) -> dict:
     best = {label: float("inf") for label in inpainters}
     outputs = {}
     for label, inp in inpainters.items():
-        inp.fill(cases[0][0], cases[0][1])  # warm-up
+        inp.inpaint(cases[0][0], cases[0][1])  # warm-up
     for _ in range(repeats):  # interleaved rounds, best of N: every backend sees the same machine load
         for label, inp in inpainters.items():
             t0 = time.perf_counter()
-            outputs[label] = [inp.fill(image, hole) for image, hole, _ in cases]
+            outputs[label] = [inp.inpaint(image, hole) for image, hole, _ in cases]
             best[label] = min(best[label], time.perf_counter() - t0)
     print(f"  {'backend':30s} {'PSNR dB':>8s} {'MAE':>7s} {'images/s':>9s}")
     rows = {}
@@ -206,7 +206,7 @@ def run_photos(names, sizes, repeats: int) -> dict:
             for _ in range(repeats):  # interleaved rounds, best of N
                 for label, inp in inpainters.items():
                     t0 = time.perf_counter()
-                    outputs[label] = [inp.fill(image, hole) for _, image, hole, _ in cases]
+                    outputs[label] = [inp.inpaint(image, hole) for _, image, hole, _ in cases]
                     best[label] = min(best[label], time.perf_counter() - t0)
             for label in inpainters:
                 filled = [np.where(hole[..., None], out, image) for (_, image, hole, _), out in zip(cases, outputs[label])]

@@ -45,7 +45,7 @@ def floor_loop(step: SegmentStep, items, batch_size: int) -> float:
     """Seconds for decode + resize + forward over all items, batch by batch, in one process."""
     t0 = time.perf_counter()
     for start in range(0, len(items), batch_size):
-        step.compute([step.load(item) for item in items[start : start + batch_size]])
+        step.compute([step.prepare(item) for item in items[start : start + batch_size]])
     return time.perf_counter() - t0
 
 

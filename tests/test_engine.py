@@ -1,4 +1,4 @@
-"""engine.py: sharding, skip-finished, workers, batching, failures, run record."""
+"""engine/: sharding, skip-finished, workers, batching, failures, run record."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from autobackswap_cli.engine import FailFast, RunOptions, Shard, Step, StepError, parse_shard, prepare_items, run_step, shard_from_env
-from autobackswap_cli.images import ImageItem, mirror_path, read_image, write_image_atomic
+from autobackswap_cli.images import mirror_path, read_image, write_image_atomic
 
 
 class InvertStep(Step):
@@ -30,16 +30,17 @@ class InvertStep(Step):
     def outputs(self, item):
         return [mirror_path(self.out_dir, item.rel, ".png")]
 
-    def load(self, item):
+    def prepare(self, item):
         return read_image(item.path)
+
+    def process(self, item):
+        return 255 - read_image(item.path)
 
     def _compute(self, batch):
         self.batch_sizes.append(len(batch))
         return [255 - img for img in batch]
 
     def write(self, item, result):
-        if not hasattr(self, "compute") or self.compute is None:
-            result = 255 - result
         write_image_atomic(mirror_path(self.out_dir, item.rel, ".png"), result)
         return int(result.mean())
 
@@ -172,10 +173,10 @@ def test_a_script_without_main_guard_runs_once_with_workers(tmp_path, small_samp
 class _KillsItsWorker(InvertStep):
     """Its worker process dies on one image, as when the kernel kills it for memory."""
 
-    def load(self, item):
+    def process(self, item):
         if item.rel.name == "004.png":
             os._exit(9)
-        return super().load(item)
+        return super().process(item)
 
 
 def test_a_dead_worker_is_a_clear_error_and_a_rerun_finishes(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np

@@ -101,6 +101,8 @@ def test_fail_fast_exits_at_first_failure(tmp_path, tiny_checkpoint):
     data = _awkward_dataset(tmp_path / "data")
     result = cli("segment", data, "-m", tiny_checkpoint, "-o", tmp_path / "m", "--fail-fast", "--workers", "0", "--no-progress", expect=1)
     assert "fail-fast" in result.output
+    counts = run_record(tmp_path / "m")["counts"]
+    assert counts["failed"] == 1 and counts["done"] + counts["failed"] < counts["total"]  # stopped at the first failure
 
 
 def _big_set(root: Path) -> Path:

@@ -117,4 +117,4 @@ def test_one_options_object_serves_masks_with_different_thresholds(small_sample,
     options = ComposeOptions()
     first = BackSwapDataset(small_sample / "train", masks_a, small_sample / "backgrounds/train", options)
     second = BackSwapDataset(small_sample / "train", masks_b, small_sample / "backgrounds/train", options)
-    assert (first.options.tight, second.options.tight, options.tight) == (0.3, 0.8, None)
+    assert (first.core.tight, second.core.tight, options.tight) == (0.3, 0.8, None)

@@ -32,4 +32,15 @@ def make_inpainter(options: InpaintOptions) -> Inpainter:
     return getattr(module, class_name)(options)
 
 
-__all__ = ["InpaintOptions", "Inpainter", "METHODS", "make_inpainter"]
+__all__ = ["InpaintOptions", "Inpainter", "METHODS", "make_inpainter", "texture_strength"]
+
+
+def texture_strength(text: str) -> float:
+    """``--texture`` (pyramid): off -> 0, auto -> -1, else the number given."""
+    named = {"off": 0.0, "auto": -1.0}.get(text.strip().lower())
+    if named is not None:
+        return named
+    try:
+        return float(text)
+    except ValueError:
+        raise StepError(f"--texture must be off, auto or a number; got {text!r}") from None

@@ -134,24 +134,23 @@ class PyramidInpainter(Inpainter):
     min_factor = 2  # and at no more than half resolution
     telea_weight = 0.5
     telea_radius = 1
-    context = 0.05
+    tight_context = 0.05
     min_context = 4
     texture_context = 1.5  # texture needs room to find a source offset
 
-    def fill(self, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-        texture = self.options.texture != 0
-        y0, y1, x0, x1 = hole_box(hole, self.context, self.min_context)
-        est = self._smooth_fill(image[y0:y1, x0:x1], hole[y0:y1, x0:x1])
-        if texture:  # restore texture on a wider crop around the smooth fill
-            smooth = image.astype(np.float32)
-            smooth[y0:y1, x0:x1] = est
-            y0, y1, x0, x1 = hole_box(hole, self.texture_context, self.min_context)
+    def __init__(self, options):
+        super().__init__(options)
+        # texture needs a wider crop (room to find a source offset); the smooth fill stays on the tight box in it
+        self.context = self.texture_context if options.texture != 0 else self.tight_context
+
+    def fill(self, crop: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        y0, y1, x0, x1 = hole_box(hole, self.tight_context, self.min_context)
+        est = crop.astype(np.float32)
+        est[y0:y1, x0:x1] = self._smooth_fill(crop[y0:y1, x0:x1], hole[y0:y1, x0:x1])
+        if self.options.texture != 0:
             weight = None if self.options.texture < 0 else self.options.texture
-            est = restore_texture(image[y0:y1, x0:x1], hole[y0:y1, x0:x1], smooth[y0:y1, x0:x1], weight)
-        crop_hole = hole[y0:y1, x0:x1]
-        out = image.copy()
-        out[y0:y1, x0:x1][crop_hole] = np.clip(np.rint(est[crop_hole]), 0, 255).astype(np.uint8)
-        return out
+            est = restore_texture(crop, hole, est, weight)
+        return np.clip(np.rint(est), 0, 255).astype(np.uint8)
 
     def _smooth_fill(self, crop: np.ndarray, crop_hole: np.ndarray) -> np.ndarray:
         """Average of a pyramid fill and a Telea fill, both at reduced resolution, scaled back up."""

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from ..engine import PRECISIONS, StepError, console, resolve_device, resolve_precision
-from .base import InpaintOptions, Inpainter, context_box, paste_hole
+from .base import InpaintOptions, Inpainter, context_box
 
 def image_seed(seed: int, image: np.ndarray, hole: np.ndarray) -> int:
     """A per-image seed from ``seed`` and the image's pixels and hole: stable across batches and runs."""
@@ -97,58 +97,54 @@ class DiffusersInpainter(Inpainter):
             raise StepError(f"--model {model}: not a local folder and not in the huggingface cache ({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set")
         return model, False, "downloaded from the hub"
 
-    def fill_batch(self, images: Sequence[np.ndarray], holes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One pipeline call for the whole batch; returns each image with only its hole replaced."""
+    def crop_box(self, hole: np.ndarray) -> tuple[int, int, int, int]:
+        return context_box(hole, self.options.margin, self.options.resolution, square=True)
+
+    def padded_shape(self, height: int, width: int) -> tuple[int, int]:
+        return (max(height, width),) * 2  # the pipeline sees squares
+
+    def fill_batch(self, crops: Sequence[np.ndarray], holes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One pipeline call for the whole batch of square crops."""
         import torch
         from PIL import Image
 
         side = self.options.resolution
-        crops = [self._square_crop(image, hole) for image, hole in zip(images, holes)]
-        kwargs = {"negative_prompt": [self.options.negative_prompt] * len(crops)} if self.takes_negative_prompt else {}
+        views = [self._model_view(crop, hole) for crop, hole in zip(crops, holes)]
+        kwargs = {"negative_prompt": [self.options.negative_prompt] * len(views)} if self.takes_negative_prompt else {}
         result = self.pipeline(
-            prompt=[self.options.prompt] * len(crops),
-            image=[Image.fromarray(view) for view, _, _ in crops],
-            mask_image=[Image.fromarray(view_hole) for _, view_hole, _ in crops],
+            prompt=[self.options.prompt] * len(views),
+            image=[Image.fromarray(view) for view, _ in views],
+            mask_image=[Image.fromarray(view_hole) for _, view_hole in views],
             height=side,
             width=side,
             num_inference_steps=self.options.steps,
             guidance_scale=self.options.guidance,
-            generator=[torch.Generator("cpu").manual_seed(image_seed(self.options.seed, i, h)) for i, h in zip(images, holes)],
+            generator=[torch.Generator("cpu").manual_seed(image_seed(self.options.seed, c, h)) for c, h in zip(crops, holes)],
             output_type="np",
             **kwargs,
         )
-        flagged = getattr(result, "nsfw_content_detected", None) or [False] * len(crops)
+        flagged = getattr(result, "nsfw_content_detected", None) or [False] * len(views)
         if any(flagged):
             raise RuntimeError("the pipeline's safety checker blanked the fill (use a pipeline without one, or another --prompt)")
         filled = np.clip(np.rint(np.asarray(result.images, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
-        return [self._paste(image, hole, fill, box) for image, hole, fill, (_, _, box) in zip(images, holes, filled, crops)]
+        return [self._crop_size(fill, crop.shape[0]) for fill, crop in zip(filled, crops)]
 
-    def _square_crop(self, image: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
-        """The model's view: the crop around the hole (hole pre-filled with the crop's mean known colour, so
-        no trace of the object reaches the model), reflect-padded to a square and resized to ``resolution``;
-        its hole mask (255 = fill, grown rather than shrunk by the resize); and the crop's box in the image."""
-        y0, y1, x0, x1 = box = context_box(hole, self.options.margin, self.options.resolution, square=True)
-        crop, crop_hole = image[y0:y1, x0:x1].copy(), hole[y0:y1, x0:x1]
-        crop[crop_hole] = crop[~crop_hole].mean(0).round().astype(np.uint8)
-        side = max(crop_hole.shape)
-        pad = ((0, side - crop_hole.shape[0]), (0, side - crop_hole.shape[1]))
-        crop = np.pad(crop, (*pad, (0, 0)), mode="reflect")
-        mask = np.pad(crop_hole, pad).astype(np.float32)
+    def _model_view(self, crop: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model's view of a square crop: the hole pre-filled with the crop's mean known colour (so no trace of
+        the object reaches the model), resized to ``resolution``; and its hole mask (255 = fill, grown rather than
+        shrunk by the resize)."""
+        crop = crop.copy()
+        crop[hole] = crop[~hole].mean(0).round().astype(np.uint8)
         size = (self.options.resolution,) * 2
-        shrink = side > self.options.resolution
+        shrink = crop.shape[0] > self.options.resolution
         view = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-        view_hole = (cv2.resize(mask, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR) > 0).astype(np.uint8) * 255
-        return view, view_hole, box
+        view_hole = (cv2.resize(hole.astype(np.float32), size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR) > 0).astype(np.uint8) * 255
+        return view, view_hole
 
     @staticmethod
-    def _paste(image: np.ndarray, hole: np.ndarray, fill: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """``image`` with the hole pixels of its crop taken from ``fill`` (the model's output, resized back)."""
-        y0, y1, x0, x1 = box
-        side = max(y1 - y0, x1 - x0)
-        back = cv2.resize(fill, (side, side), interpolation=cv2.INTER_AREA if side < fill.shape[0] else cv2.INTER_CUBIC)
-        out = image.copy()
-        out[y0:y1, x0:x1] = paste_hole(image[y0:y1, x0:x1], back[: y1 - y0, : x1 - x0], hole[y0:y1, x0:x1])
-        return out
+    def _crop_size(fill: np.ndarray, side: int) -> np.ndarray:
+        """The model's output resized back to the crop's side."""
+        return cv2.resize(fill, (side, side), interpolation=cv2.INTER_AREA if side < fill.shape[0] else cv2.INTER_CUBIC)
 
     def record(self) -> dict:
         """What ran: the pipeline, where it came from, sampling options, device and dtype."""

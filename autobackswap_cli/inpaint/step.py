@@ -15,9 +15,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..engine import PAPER_THRESHOLDS, RunReport, Step, console, mask_threshold
+from ..engine import PAPER_THRESHOLDS, RunReport, Step, StepError, console, mask_threshold
 from ..images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_image_atomic
-from .base import InpaintOptions, paste_hole
+from .base import InpaintOptions
 
 
 @dataclass
@@ -44,6 +44,8 @@ class InpaintStep(Step):
         from . import make_inpainter
 
         self.masks_dir = Path(masks_dir)
+        if not self.masks_dir.is_dir():
+            raise StepError(f"masks folder not found: {self.masks_dir}")
         self.out_dir = Path(out_dir)
         self.options = options
         loose, self.loose_source = mask_threshold(self.masks_dir, "loose", region.loose)
@@ -68,7 +70,8 @@ class InpaintStep(Step):
         if self.inpainter.uses_model:
             self.inpainter.setup()
 
-    def load(self, item: ImageItem) -> tuple[np.ndarray, np.ndarray]:
+    def prepare(self, item: ImageItem) -> tuple[np.ndarray, np.ndarray]:
+        """Worker: the image and its hole (for a model backend, which fills batches in ``compute``)."""
         image = read_image(item.path)
         mask_path = mirror_path(self.masks_dir, item.rel, ".png")
         if not mask_path.exists():
@@ -76,29 +79,32 @@ class InpaintStep(Step):
         hole = fill_region(read_mask(mask_path, image.shape[:2]), self.region)
         if hole.all():
             raise ImageError("the mask covers the whole image: no background is left to fill from")
-        if hole.any() and not self.inpainter.uses_model:
-            return image, hole, self.inpainter.fill(image, hole)
-        return image, hole, None
+        return image, hole
 
-    def _compute(self, batch: list) -> list:
-        todo = [i for i, (_, hole, _) in enumerate(batch) if hole.any()]
-        filled = self.inpainter.fill_batch([batch[i][0] for i in todo], [batch[i][1] for i in todo]) if todo else []
-        results = [(image, hole, None) for image, hole, _ in batch]
-        for i, f in zip(todo, filled):
-            results[i] = (batch[i][0], batch[i][1], f)
+    def process(self, item: ImageItem) -> tuple[np.ndarray, bool]:
+        """Worker, classical backends: the background, and whether there was a foreground to remove (else the
+        image is copied unchanged)."""
+        image, hole = self.prepare(item)
+        return (self.inpainter.inpaint(image, hole), True) if hole.any() else (image, False)
+
+    def _compute(self, batch: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, bool]]:
+        todo = [i for i, (_, hole) in enumerate(batch) if hole.any()]
+        filled = self.inpainter.inpaint_batch([batch[i][0] for i in todo], [batch[i][1] for i in todo]) if todo else []
+        results = [(image, False) for image, _ in batch]
+        for i, background in zip(todo, filled):
+            results[i] = (background, True)
         return results
 
     def write(self, item: ImageItem, result: Any) -> bool:
-        image, hole, filled = result
-        background = paste_hole(image, filled, hole) if filled is not None else image
+        background, had_foreground = result
         write_image_atomic(self.output_path(item), background, quality=self.quality)
-        return bool(hole.any())
+        return had_foreground
 
     def collect(self, item: ImageItem, had_foreground: bool) -> None:
         if not had_foreground:
             self.no_foreground += 1
 
-    def record(self) -> dict:
+    def recorded_options(self) -> dict:
         return {
             "masks": str(self.masks_dir),
             "loose_threshold": self.region.loose,
@@ -109,7 +115,7 @@ class InpaintStep(Step):
             **self.inpainter.record(),
         }
 
-    def results(self) -> dict:
+    def recorded_results(self) -> dict:
         return {"images_without_foreground_copied_unchanged": self.no_foreground}
 
     def finish(self, report: RunReport, items) -> None:

@@ -31,7 +31,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from .base import InpaintOptions, Inpainter, hole_box
+from .base import InpaintOptions, Inpainter
 from .classical import PyramidInpainter, ring_offsets
 
 _DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1))
@@ -162,23 +162,19 @@ class TextureInpainter(Inpainter):
         super().__init__(options)
         self._smooth = PyramidInpainter(replace(options, texture=0.0))
 
-    def fill(self, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    def fill(self, crop: np.ndarray, hole: np.ndarray) -> np.ndarray:
         if not hole.any() or hole.all():
-            return image.copy()
-        y0, y1, x0, x1 = hole_box(hole, self.context)
-        crop, crop_hole = image[y0:y1, x0:x1].astype(np.float32), hole[y0:y1, x0:x1]
-        smooth = self._smooth.fill(image, hole)[y0:y1, x0:x1].astype(np.float32)  # the low frequencies
-        y, x = np.nonzero(crop_hole)
-        off = self.offsets(smooth, crop_hole)
+            return crop.copy()
+        smooth = self._smooth.inpaint(crop, hole).astype(np.float32)  # the low frequencies
+        y, x = np.nonzero(hole)
+        off = self.offsets(smooth, hole)
         est = smooth
         if off is not None:
             copied = smooth.copy()
             copied[y, x] = crop[y + off[:, 0], x + off[:, 1]]
-            sigma = self.low_sigma * max(1.0, max(crop_hole.shape) / 64)
+            sigma = self.low_sigma * max(1.0, max(hole.shape) / 64)
             est = copied + cv2.GaussianBlur(smooth - copied, (0, 0), sigma)
-        out = image.copy()
-        out[y0 + y, x0 + x] = np.clip(np.rint(est[y, x]), 0, 255).astype(np.uint8)
-        return out
+        return np.clip(np.rint(est), 0, 255).astype(np.uint8)
 
     def offsets(self, values: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """(dy, dx) per hole pixel (in np.nonzero order): where it is copied from, always a known pixel;

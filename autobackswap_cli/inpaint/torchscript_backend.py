@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from ..engine import StepError, resolve_device
-from .base import InpaintOptions, Inpainter, context_box, paste_hole
+from .base import InpaintOptions, Inpainter, context_box
 
 
 class TorchScriptInpainter(Inpainter):
@@ -62,30 +62,22 @@ class TorchScriptInpainter(Inpainter):
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StepError(f"--model {self.options.model}: torch.jit.load could not read it as a TorchScript model ({reason}); export one with torch.jit.script or torch.jit.trace and torch.jit.save") from None
 
-    def fill_batch(self, images: Sequence[np.ndarray], holes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Each image with only its hole replaced; crops of equal padded size run as one batch."""
-        crops = [self._crop(image, hole) for image, hole in zip(images, holes)]
+    def crop_box(self, hole: np.ndarray) -> tuple[int, int, int, int]:
+        return context_box(hole, self.options.margin, self.min_crop)
+
+    def padded_shape(self, height: int, width: int) -> tuple[int, int]:
+        return height + -height % self.multiple, width + -width % self.multiple
+
+    def fill_batch(self, crops: Sequence[np.ndarray], holes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Crops of equal padded size run as one model call."""
         by_shape: dict[tuple[int, int], list[int]] = {}
-        for index, (view, _, _) in enumerate(crops):
-            by_shape.setdefault(view.shape[:2], []).append(index)
+        for index, crop in enumerate(crops):
+            by_shape.setdefault(crop.shape[:2], []).append(index)
         filled: dict[int, np.ndarray] = {}
         for indices in by_shape.values():
-            outputs = self._run(np.stack([crops[i][0] for i in indices]), np.stack([crops[i][1] for i in indices]))
+            outputs = self._run(np.stack([crops[i] for i in indices]), np.stack([holes[i] for i in indices]))
             filled.update(zip(indices, outputs))
-        results = []
-        for index, (image, hole) in enumerate(zip(images, holes)):
-            y0, y1, x0, x1 = crops[index][2]
-            out = image.copy()
-            out[y0:y1, x0:x1] = paste_hole(image[y0:y1, x0:x1], filled[index][: y1 - y0, : x1 - x0], hole[y0:y1, x0:x1])
-            results.append(out)
-        return results
-
-    def _crop(self, image: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
-        """The crop around the hole, reflect-padded (bottom, right) to a multiple of 8; its hole; its box in the image."""
-        y0, y1, x0, x1 = box = context_box(hole, self.options.margin, self.min_crop)
-        pad = ((0, -(y1 - y0) % self.multiple), (0, -(x1 - x0) % self.multiple))
-        view = np.pad(image[y0:y1, x0:x1], (*pad, (0, 0)), mode="reflect")
-        return view, np.pad(hole[y0:y1, x0:x1], pad), box
+        return [filled[i] for i in range(len(crops))]
 
     def _run(self, views: np.ndarray, view_holes: np.ndarray) -> np.ndarray:
         """One model call: uint8 BxHxWx3 crops and boolean BxHxW holes -> uint8 BxHxWx3 fills."""

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..engine import StepError
-from ..images import ImageError, ImageItem, encode_image, is_inside, write_bytes_atomic
+from ..engine import StepError, build_record
+from ..images import ImageError, ImageItem, encode_image, is_inside, read_image, write_bytes_atomic
 from ..labels import BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, label_path, read_grid, read_labels_info, select_stratified, write_labels_info
 
 SESSION_FILE = "labeler.json"
@@ -64,20 +63,16 @@ class GridPredictor:
     """Thresholded segmenter predictions (255 / 0 per patch), through the same code path as ``segment``."""
 
     def __init__(self, checkpoint: Path):
-        from ..segmenter.predict import SegmentOptions, SegmentStep
+        from ..segmenter.predict import PatchPredictor
 
         self.checkpoint = Path(checkpoint)
-        self._step = SegmentStep(self.checkpoint, self.checkpoint.parent, SegmentOptions(device="cpu", refine="none"))
-        self.grid = self._step.grid
+        self._predictor = PatchPredictor(self.checkpoint, device="cpu")
+        self.grid = self._predictor.grid
         self._lock = threading.Lock()
-        self._ready = False
 
     def __call__(self, item: ImageItem) -> np.ndarray:
         with self._lock:
-            if not self._ready:
-                self._step.setup()
-                self._ready = True
-            probs, _ = self._step.compute([self._step.load(item)])[0]
+            probs = self._predictor([self._predictor.model_input(read_image(item.path))])[0]
         return np.where(probs >= 0.5, FOREGROUND, BACKGROUND).astype(np.uint8)
 
 
@@ -295,11 +290,8 @@ class LabelStore:
 
     def run_record(self, started: float) -> dict:
         progress = self._progress()
-        return {
-            "step": "label",
-            "package_version": __version__,
-            "method": "interactive",
-            "wall_time_s": round(time.time() - started, 1),
-            "options": {"count": self.session.count, "seed": self.session.seed, "grid": self.grid, "segmenter": str(self.predictor.checkpoint) if self.predictor else None},
-            "counts": {"total": progress["total"], "done": progress["done"], "skipped": len(self.session.skipped), "labelled_in_folder": len(self.labelled)},
-        }
+        return build_record(
+            "label", status="completed", wall_time_s=time.time() - started, method="interactive",
+            options={"count": self.session.count, "seed": self.session.seed, "grid": self.grid, "segmenter": str(self.predictor.checkpoint) if self.predictor else None},
+            counts={"total": progress["total"], "done": progress["done"], "skipped": len(self.session.skipped), "labelled_in_folder": len(self.labelled)},
+        )

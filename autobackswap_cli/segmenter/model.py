@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import StepError
+from ..nets import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "autobackswap-segmenter"
 CHECKPOINT_VERSION = 1
 

@@ -1,6 +1,6 @@
 """``segment``: soft foreground masks at full image resolution, through the engine.
 
-Workers decode and resize (``load``), the main process runs the model on batches
+Workers decode and resize (``prepare``), the main process runs the model on batches
 (``compute``), workers upsample the P x P probabilities smoothly to the image
 size, optionally snap edges to the image (``--refine``), and write the PNG.
 """
@@ -14,10 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..choices import Refine
 from ..engine import PRECISIONS, RunReport, Step, StepError, console, resolve_device, resolve_precision
 from ..images import ImageItem, mirror_path, overlay_mask, preview_grid, read_image, read_mask, spread_sample, write_image_atomic, write_mask_atomic
 
-REFINE_METHODS = ("none", "guided", "grabcut")
+REFINE_METHODS = Refine.values()
 
 
 def upsample_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -99,94 +100,111 @@ class SegmentOptions:
     truth: str | None = None  # a folder of ground-truth masks mirroring DATA: report IoU against it
 
 
+class PatchPredictor:
+    """A segmenter checkpoint that predicts P x P foreground probabilities; the model loads on first use (in the
+    main process: pickled copies sent to workers leave it behind)."""
+
+    def __init__(self, checkpoint: Path, device: str = "auto", precision: str = "auto"):
+        from .model import read_checkpoint
+
+        self.checkpoint = Path(checkpoint)
+        self.meta = read_checkpoint(self.checkpoint)  # fail early, before workers start
+        self.image_size = int(self.meta["image_size"])
+        self.grid = int(self.meta["grid"])
+        self.backbone = self.meta["backbone"]
+        self.device_name, self.precision = device, precision
+        self.model = self.device = self.dtype = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "model": None}
+
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        """An RGB image as the model takes it: uint8, C x S x S."""
+        small = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(small.transpose(2, 0, 1))
+
+    def load(self) -> None:
+        import torch
+
+        from .model import load_segmenter, optimize_for_inference
+
+        self.device = resolve_device(self.device_name)
+        model, _ = load_segmenter(self.checkpoint)
+        self.model = optimize_for_inference(model).to(self.device)
+        self.dtype = getattr(torch, PRECISIONS[resolve_precision(self.precision, self.device.type)])
+        self._mean = torch.as_tensor(np.asarray(self.meta["mean"], np.float32), device=self.device).view(1, 3, 1, 1)
+        self._std = torch.as_tensor(np.asarray(self.meta["std"], np.float32), device=self.device).view(1, 3, 1, 1)
+
+    def __call__(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """N x P x P foreground probabilities for ``model_input`` arrays."""
+        import torch
+
+        if self.model is None:
+            self.load()
+        x = torch.from_numpy(np.stack(inputs)).to(self.device, non_blocking=True)
+        x = ((x.float() / 255.0 - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return torch.sigmoid(self.model(x).float()).cpu().numpy()
+
+
 class SegmentStep(Step):
     """MASKS/<class>/<name>.png = P(foreground) * 255 at the image's size."""
 
     name = "segment"
 
     def __init__(self, checkpoint: Path, out_dir: Path, options: SegmentOptions):
-        from .model import read_checkpoint
-
         if options.refine not in REFINE_METHODS:
             raise StepError(f"--refine must be one of {', '.join(REFINE_METHODS)}; got {options.refine!r}")
-        self.checkpoint = Path(checkpoint)
-        meta = read_checkpoint(self.checkpoint)  # fail early, before workers start
-        self.image_size = int(meta["image_size"])
-        self.grid = int(meta["grid"])
-        self.backbone = meta["backbone"]
-        calibrated = (meta.get("thresholds") or {}).get(options.refine)
+        self.predictor = PatchPredictor(checkpoint, options.device, options.precision)
+        calibrated = (self.predictor.meta.get("thresholds") or {}).get(options.refine)
         # Recorded only when the segmenter chose them; an older checkpoint leaves inpaint/compose their defaults.
         self.thresholds = {**calibrated, "source": "segmenter (validation labels)"} if calibrated else None
-        self.mean = np.asarray(meta["mean"], np.float32)
-        self.std = np.asarray(meta["std"], np.float32)
         self.out_dir = Path(out_dir)
         self.options = options
-        self.model = None
-        self.device = None
-        self.dtype = None
         self.truth_report: dict | None = None
-
-    def __getstate__(self) -> dict:  # spawned workers never need the model
-        state = dict(self.__dict__)
-        state["model"] = None
-        return state
 
     def outputs(self, item: ImageItem) -> list[Path]:
         return [mirror_path(self.out_dir, item.rel, ".png")]
 
     def setup(self) -> None:
-        import torch
+        self.predictor.load()
 
-        from .model import load_segmenter, optimize_for_inference
-
-        self.device = resolve_device(self.options.device)
-        model, _ = load_segmenter(self.checkpoint)
-        self.model = optimize_for_inference(model).to(self.device)
-        self.dtype = getattr(torch, PRECISIONS[resolve_precision(self.options.precision, self.device.type)])
-        self._mean = torch.as_tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.as_tensor(self.std, device=self.device).view(1, 3, 1, 1)
-
-    def load(self, item: ImageItem) -> tuple[np.ndarray, tuple[tuple[int, int], np.ndarray | None]]:
-        """Worker: the model's input (C x S x S) and, for refining, the full-size guide (luma or RGB)."""
+    def prepare(self, item: ImageItem) -> tuple[np.ndarray, tuple[tuple[int, int], np.ndarray | None]]:
+        """Worker: the model's input and, for refining, the full-size guide (luma or RGB)."""
         image = read_image(item.path)
-        small = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
         guide = None  # --refine none
         if self.options.refine == "guided":
             guide = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         elif self.options.refine == "grabcut":
             guide = image
-        return np.ascontiguousarray(small.transpose(2, 0, 1)), (image.shape[:2], guide)
+        return self.predictor.model_input(image), (image.shape[:2], guide)
 
     def compute(self, batch: list[tuple[np.ndarray, Any]]) -> list[tuple[np.ndarray, Any]]:
-        """Main process: P x P foreground probabilities for a batch; what ``load`` passed along goes on to ``write``."""
-        import torch
-
-        x = torch.from_numpy(np.stack([b[0] for b in batch])).to(self.device, non_blocking=True)
-        x = ((x.float() / 255.0 - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            probs = torch.sigmoid(self.model(x).float()).cpu().numpy()
+        """Main process: P x P foreground probabilities for a batch; what ``prepare`` passed along goes on to ``write``."""
+        probs = self.predictor([b[0] for b in batch])
         return [(p, b[1]) for p, b in zip(probs, batch)]
 
     def write(self, item: ImageItem, result: tuple[np.ndarray, tuple[tuple[int, int], np.ndarray | None]]) -> None:
         probs, ((h, w), guide) = result
         soft = upsample_probabilities(probs, h, w)
         if guide is not None:
-            soft = refine_mask(guide, soft, self.options.refine, cell=max(h, w) / self.grid)
+            soft = refine_mask(guide, soft, self.options.refine, cell=max(h, w) / self.predictor.grid)
         write_mask_atomic(mirror_path(self.out_dir, item.rel, ".png"), soft)
 
-    def record(self) -> dict:
+    def recorded_options(self) -> dict:
+        p = self.predictor
         return {
-            "checkpoint": str(self.checkpoint),
-            "backbone": self.backbone,
-            "grid": self.grid,
-            "image_size": self.image_size,
+            "checkpoint": str(p.checkpoint),
+            "backbone": p.backbone,
+            "grid": p.grid,
+            "image_size": p.image_size,
             "refine": self.options.refine,
             "thresholds": self.thresholds,
-            "device": str(self.device) if self.device else self.options.device,
-            "dtype": str(self.dtype).replace("torch.", "") if self.dtype else None,
+            "device": str(p.device) if p.device else self.options.device,
+            "dtype": str(p.dtype).replace("torch.", "") if p.dtype else None,
         }
 
-    def results(self) -> dict:
+    def recorded_results(self) -> dict:
         return {"iou_against_truth": self.truth_report} if self.truth_report else {}
 
     def finish(self, report: RunReport, items: list[ImageItem]) -> None:

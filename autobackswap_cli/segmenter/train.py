@@ -8,7 +8,6 @@ everything ``segment`` needs.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -19,11 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine import StepError, console, make_progress, prepare_items, resolve_device
-from ..images import ImageError, read_image, write_bytes_atomic
+from ..engine import StepError, build_record, console, make_progress, prepare_items, read_items, resolve_device, status_of, write_run_record
+from ..images import read_image
 from ..labels import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
 from .calibrate import calibrate_thresholds
-from .model import IMAGENET_MEAN, IMAGENET_STD, build_segmenter, default_image_size, save_checkpoint
+from ..nets import imagenet_normalise
+from .model import build_segmenter, default_image_size, save_checkpoint
 from .predict import REFINE_METHODS, refined_mask
 
 
@@ -99,12 +99,6 @@ def _augment(x: torch.Tensor, y: torch.Tensor, opts: TrainOptions, grid: int, ge
     return x, y
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """BCE over labelled patches only (labels: 255 fg, 0 bg, 128 ignored)."""
     known = labels != UNLABELLED
@@ -133,7 +127,7 @@ def calibrate_on(model, x: torch.Tensor, y: torch.Tensor, coverage: float, devic
     probs = []
     with torch.no_grad():
         for start in range(0, len(x), 64):
-            probs.append(torch.sigmoid(model(_normalise(x[start : start + 64].to(device).float() / 255)).float()).cpu().numpy())
+            probs.append(torch.sigmoid(model(imagenet_normalise(x[start : start + 64].to(device).float() / 255)).float()).cpu().numpy())
     probs = np.concatenate(probs)
     images = x.permute(0, 2, 3, 1).numpy()
     thresholds, reports = {}, {}
@@ -144,8 +138,96 @@ def calibrate_on(model, x: torch.Tensor, y: torch.Tensor, coverage: float, devic
     return thresholds, reports
 
 
+@dataclass
+class _Labelled:
+    """The labelled images in memory: uint8 N x 3 x S x S, their grids, keys and the validation split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    keys: list[str]
+    train_idx: list[int]
+    val_idx: list[int]
+
+
+def _read_labelled(labelled, labels_dir: Path, size: int, grid: int, opts: TrainOptions, failures: list[dict], progress: bool) -> _Labelled:
+    def read(item):
+        image = cv2.resize(read_image(item.path), (size, size), interpolation=cv2.INTER_AREA)
+        return image, read_grid(label_path(labels_dir, item), grid)
+
+    images, grids, keys = [], [], []
+    for item, (image, labels) in read_items(labelled, read, failures, description="reading labelled images", progress=progress):
+        images.append(image)
+        grids.append(labels)
+        keys.append(item.key)
+    train_idx, val_idx = _split(keys, opts.val_fraction, opts.seed)
+    if not val_idx:
+        console.print("[yellow]warning:[/] too few labelled images for a validation split; early stopping uses the training loss")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return _Labelled(x, torch.from_numpy(np.stack(grids)), keys, train_idx, val_idx)
+
+
+def _evaluate(model, data: _Labelled, idx: list[int], device) -> tuple[float, float]:
+    """Masked BCE and patch IoU of ``model`` on the images ``idx``."""
+    model.eval()
+    losses, probs = [], []
+    with torch.no_grad():
+        for start in range(0, len(idx), 64):
+            sel = idx[start : start + 64]
+            logits = model(imagenet_normalise(data.x[sel].to(device).float() / 255)).float().cpu()
+            losses.append(masked_bce(logits, data.y[sel]).item() * len(sel))
+            probs.append(torch.sigmoid(logits))
+    return sum(losses) / len(idx), patch_iou(torch.cat(probs), data.y[idx])
+
+
+def _train_epoch(model, data: _Labelled, optimiser, scheduler, opts: TrainOptions, grid: int, gen: torch.Generator, device) -> float:
+    """One pass over the training images with augmentation; the mean training loss."""
+    model.train()
+    order = torch.randperm(len(data.train_idx), generator=gen).tolist()
+    total = 0.0
+    for start in range(0, len(order), opts.batch_size):
+        sel = [data.train_idx[i] for i in order[start : start + opts.batch_size]]
+        xb, yb = _augment(data.x[sel].float() / 255, data.y[sel], opts, grid, gen)
+        loss = masked_bce(model(imagenet_normalise(xb.to(device))).float(), yb.to(device))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        total += loss.item() * len(sel)
+    return total / len(data.train_idx)
+
+
+def _fit(model, data: _Labelled, opts: TrainOptions, grid: int, device, progress: bool) -> tuple[dict, list[dict]]:
+    """Train with early stopping on validation IoU (then loss); leaves the best weights in ``model``. Returns
+    the best epoch's figures and the history."""
+    gen = torch.Generator().manual_seed(opts.seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    steps_per_epoch = max(1, (len(data.train_idx) + opts.batch_size - 1) // opts.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=opts.lr, total_steps=opts.epochs * steps_per_epoch, pct_start=0.15)
+    best, best_state, history, stale = {"epoch": -1, "val_iou": -1.0, "val_loss": float("inf")}, None, [], 0
+    with make_progress(enabled=progress) as bar:
+        task = bar.add_task("train-segmenter", total=opts.epochs, status="")
+        for epoch in range(opts.epochs):
+            train_loss = _train_epoch(model, data, optimiser, scheduler, opts, grid, gen, device)
+            val_loss, val_iou = _evaluate(model, data, data.val_idx, device) if data.val_idx else (train_loss, float("nan"))
+            history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "val_iou": round(val_iou, 5)})
+            if data.val_idx:
+                improved = val_iou > best["val_iou"] + 1e-4 or (abs(val_iou - best["val_iou"]) <= 1e-4 and val_loss < best["val_loss"])
+            else:
+                improved = val_loss < best["val_loss"]
+            if improved:
+                best = {"epoch": epoch + 1, "val_iou": val_iou, "val_loss": val_loss}
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            stale = 0 if improved else stale + 1
+            bar.update(task, advance=1, status=f"loss {train_loss:.3f} · val loss {val_loss:.3f} · val IoU {val_iou:.3f} · best {best['val_iou']:.3f} @ {best['epoch']}")
+            if stale >= opts.patience:
+                bar.update(task, total=epoch + 1)
+                break
+    model.load_state_dict(best_state)
+    return best, history
+
+
 def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: TrainOptions, progress: bool = True) -> TrainResult:
-    """Train on every labelled image of DATA and save the checkpoint to ``out_path``."""
+    """Train on every labelled image of DATA and save the checkpoint to ``out_path`` (and its run record beside)."""
     t0 = time.perf_counter()
     labels_dir = Path(labels_dir)
     if not labels_dir.is_dir():
@@ -161,119 +243,27 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
         raise StepError(f"--image-size {size} must be a multiple of the grid size {grid}")
     device = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
-    gen = torch.Generator().manual_seed(opts.seed)
-
-    images, grids, keys, failures = [], [], [], []
-    with make_progress(transient=True, enabled=progress) as bar:
-        task = bar.add_task("reading labelled images", total=len(labelled), status="")
-        for item in labelled:
-            try:
-                img = read_image(item.path)
-                g = read_grid(label_path(labels_dir, item), grid)
-                images.append(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
-                grids.append(g)
-                keys.append(item.key)
-            except ImageError as exc:
-                failures.append({"item": str(item.rel), "reason": str(exc)})
-                console.print(f"[red]skipped[/] {item.rel}: {exc}")
-            bar.advance(task)
-    x_all = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # uint8, N x 3 x S x S
-    y_all = torch.from_numpy(np.stack(grids))
-    train_idx, val_idx = _split(keys, opts.val_fraction, opts.seed)
-    if not val_idx:
-        console.print("[yellow]warning:[/] too few labelled images for a validation split; early stopping uses the training loss")
-
-    model = build_segmenter(opts.backbone, grid, pretrained=opts.pretrained, weights=Path(opts.weights) if opts.weights else None)
-    model.to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    steps_per_epoch = max(1, (len(train_idx) + opts.batch_size - 1) // opts.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=opts.lr, total_steps=opts.epochs * steps_per_epoch, pct_start=0.15)
-
-    def evaluate(idx: list[int]) -> tuple[float, float]:
-        model.eval()
-        losses, probs = [], []
-        with torch.no_grad():
-            for start in range(0, len(idx), 64):
-                sel = idx[start : start + 64]
-                xb = _normalise(x_all[sel].to(device).float() / 255)
-                logits = model(xb).float().cpu()
-                losses.append(masked_bce(logits, y_all[sel]).item() * len(sel))
-                probs.append(torch.sigmoid(logits))
-        return sum(losses) / len(idx), patch_iou(torch.cat(probs), y_all[idx])
-
-    best = {"epoch": -1, "val_iou": -1.0, "val_loss": float("inf")}
-    best_state = None
-    history = []
-    stale = 0
-    with make_progress(enabled=progress) as bar:
-        task = bar.add_task("train-segmenter", total=opts.epochs, status="")
-        for epoch in range(opts.epochs):
-            model.train()
-            order = torch.randperm(len(train_idx), generator=gen).tolist()
-            total = 0.0
-            for start in range(0, len(order), opts.batch_size):
-                sel = [train_idx[i] for i in order[start : start + opts.batch_size]]
-                xb, yb = _augment(x_all[sel].float() / 255, y_all[sel], opts, grid, gen)
-                logits = model(_normalise(xb.to(device)))
-                loss = masked_bce(logits.float(), yb.to(device))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
-                total += loss.item() * len(sel)
-            train_loss = total / len(train_idx)
-            if val_idx:
-                val_loss, val_iou = evaluate(val_idx)
-            else:
-                val_loss, val_iou = train_loss, float("nan")
-            history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "val_iou": round(val_iou, 5)})
-            improved = (val_iou > best["val_iou"] + 1e-4) or (
-                abs(val_iou - best["val_iou"]) <= 1e-4 and val_loss < best["val_loss"]
-            ) if val_idx else val_loss < best["val_loss"]
-            if improved:
-                best = {"epoch": epoch + 1, "val_iou": val_iou, "val_loss": val_loss}
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                stale = 0
-            else:
-                stale += 1
-            bar.update(
-                task,
-                advance=1,
-                status=f"loss {train_loss:.3f} · val loss {val_loss:.3f} · val IoU {val_iou:.3f} · best {best['val_iou']:.3f} @ {best['epoch']}",
-            )
-            if stale >= opts.patience:
-                bar.update(task, total=epoch + 1)
-                break
-
-    model.load_state_dict(best_state)
-    thresholds, calibration = calibrate_on(model, x_all[val_idx] if val_idx else x_all[train_idx], y_all[val_idx] if val_idx else y_all[train_idx],
-                                           label_coverage(info), device)
+    failures: list[dict] = []
+    data = _read_labelled(labelled, labels_dir, size, grid, opts, failures, progress)
+    model = build_segmenter(opts.backbone, grid, pretrained=opts.pretrained, weights=Path(opts.weights) if opts.weights else None).to(device)
+    best, history = _fit(model, data, opts, grid, device, progress)
+    held_out = data.val_idx or data.train_idx
+    thresholds, calibration = calibrate_on(model, data.x[held_out], data.y[held_out], label_coverage(info), device)
     metrics = {
-        "best_epoch": best["epoch"],
-        "epochs_run": len(history),
-        "val_patch_iou": round(best["val_iou"], 5) if val_idx else None,
-        "val_loss": round(best["val_loss"], 5),
-        "train_images": len(train_idx),
-        "val_images": len(val_idx),
-        "history": history,
-        "calibration": calibration,
+        "best_epoch": best["epoch"], "epochs_run": len(history), "val_patch_iou": round(best["val_iou"], 5) if data.val_idx else None,
+        "val_loss": round(best["val_loss"], 5), "train_images": len(data.train_idx), "val_images": len(data.val_idx),
+        "history": history, "calibration": calibration,
     }
     options = {**asdict(opts), "device_used": str(device), "grid": grid, "image_size": size}
-    extra = {"labels": {"dir": str(labels_dir), "grid": grid, "method": info.method}, "val_items": [keys[i] for i in val_idx],
+    extra = {"labels": {"dir": str(labels_dir), "grid": grid, "method": info.method}, "val_items": [data.keys[i] for i in data.val_idx],
              "thresholds": thresholds}
     out_path = Path(out_path)
     save_checkpoint(out_path, model.cpu(), size, options, metrics, extra=extra)
-    record = {
-        "step": "train-segmenter",
-        "checkpoint": str(out_path),
-        "options": options,
-        "metrics": {k: v for k, v in metrics.items() if k != "history"},
-        "counts": {"labelled": len(labelled), "used": len(keys), "failed": len(failures)},
-        "failures": failures,
-        "warnings": warnings,
-        "wall_time_s": round(time.perf_counter() - t0, 2),
-    }
-    write_bytes_atomic(out_path.with_name(out_path.name + ".json"), (json.dumps(record, indent=2) + "\n").encode())
+    write_run_record(out_path.with_name(out_path.name + ".json"), build_record(
+        "train-segmenter", status=status_of(len(failures)), options=options,
+        counts={"labelled": len(labelled), "used": len(data.keys), "failed": len(failures)},
+        wall_time_s=time.perf_counter() - t0, failures=failures, checkpoint=str(out_path),
+        metrics={k: v for k, v in metrics.items() if k != "history"}, warnings=warnings))
     return TrainResult(out_path, metrics, failures, thresholds)
 
 

@@ -1,0 +1,33 @@
+"""The engine: the one loop every step runs through, and what it shares with the steps.
+
+Rooms (img2dataset style), one role each:
+
+* ``errors``   StepError (whole run, exit 2), FailFast, the one-line reason of a failed item;
+* ``options``  RunOptions (workers, batch size, shard, overwrite), shards from --shard / torchrun / SLURM,
+  devices and precision;
+* ``scan``     the reader: ``prepare_items`` scans DATA; ``read_items`` reads items in the main process,
+  collecting failures (trainers, evaluate);
+* ``step``     the step protocol: ``process`` or ``prepare``/``compute``, then ``write``, and the hooks around;
+* ``workers``  worker processes: start, the calls they run, stop;
+* ``loop``     ``run_step``: plan (shard, skip finished), drive the items, write the record once;
+* ``record``   the run record ``autobackswap.json``: one writer for every step and trainer; thresholds read back;
+* ``progress`` the progress bar and the summary.
+
+Steps never copy the loop: they subclass ``Step`` and call ``run_step``.
+"""
+
+from .errors import FailFast, StepError, failure_reason
+from .loop import RunReport, run_step
+from .options import (PRECISIONS, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device,
+                      resolve_precision, resolve_shard, shard_from_env)
+from .progress import console, make_progress, print_summary
+from .record import PAPER_THRESHOLDS, RUN_RECORD, build_record, mask_threshold, record_path, status_of, write_run_record
+from .scan import prepare_items, read_items
+from .step import Step
+
+__all__ = [
+    "FailFast", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "RunOptions", "Shard",
+    "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_precision", "resolve_shard",
+    "shard_from_env", "console", "make_progress", "print_summary", "PAPER_THRESHOLDS", "RUN_RECORD", "build_record",
+    "mask_threshold", "record_path", "status_of", "write_run_record", "prepare_items", "read_items", "Step",
+]

@@ -1,0 +1,255 @@
+"""THE loop every step runs through.
+
+    items -> shard -> skip finished -> (prepare -> batch -> compute | process) in workers -> write in workers
+
+``run_step`` plans the run, starts the workers, drives the items through the step's hooks with a progress bar, and
+writes the run record once, however the run ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import deque
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..images import TEMP_PREFIX, ImageItem, remove_stale_temp_files
+from .errors import FailFast, StepError, failure_reason
+from .options import RunOptions, Shard
+from .progress import make_progress, status_text
+from .record import build_record, record_path, status_of, write_run_record
+from .step import Step
+from .workers import (call_safely, restore_torch_threads, share_cores_with_workers, start_executor, stop_executor,
+                      work_prepare, work_process_and_write, work_write)
+
+
+@dataclass
+class RunReport:
+    step: str
+    out_dir: str
+    total: int = 0  # items in this shard
+    done: int = 0
+    skipped: int = 0
+    failures: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    interrupted: bool = False
+    shard: Shard = field(default_factory=Shard)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.interrupted
+
+
+def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnings: Sequence[str] = ()) -> RunReport:
+    """Run ``step`` over ``items`` (already scanned) and write the run record.
+
+    Returns the report; the caller turns failures into the exit code. Ctrl-C / SIGTERM and ``--fail-fast`` raise
+    after the record is written; a dead worker becomes a ``StepError``.
+    """
+    out_dir = Path(step.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    _remove_leftover_temps(out_dir, options)
+    report = RunReport(step=step.name, out_dir=str(out_dir), warnings=list(warnings), shard=options.shard)
+    mine, todo = _plan(step, items, options, report)
+    workers = max(0, int(options.workers)) if len(todo) >= 2 else 0  # one item is not worth starting processes
+    executor, step_arg = start_executor(step, workers)
+    error: BaseException | None = None
+    try:
+        with _sigterm_as_interrupt(), make_progress(enabled=options.progress) as progress:
+            _Drive(step, options, report, executor, step_arg, progress, workers).run(todo)
+        step.finish(report, mine)
+    except (KeyboardInterrupt, FailFast) as exc:
+        report.interrupted = isinstance(exc, KeyboardInterrupt)
+        stop_executor(executor)
+        remove_stale_temp_files(out_dir)
+        error = exc
+    except BrokenProcessPool as exc:
+        stop_executor(executor)
+        error = StepError(f"a worker process died ({exc}); often the system ran out of memory on a large image: "
+                          f"rerun to continue where it stopped, with fewer --workers if it happens again")
+        error.__cause__ = exc
+    except BaseException:  # e.g. setup() could not load its model: no worker may outlive the run
+        stop_executor(executor)
+        raise
+    else:
+        executor.shutdown(wait=True)
+    report.wall_time_s = time.perf_counter() - t0
+    write_run_record(record_path(out_dir, options.shard.index, options.shard.count), _record(step, report, options, started))
+    if error is not None:
+        raise error
+    return report
+
+
+def _plan(step: Step, items: Sequence[ImageItem], options: RunOptions, report: RunReport) -> tuple[list, list]:
+    """This shard's items, and those of them still to do (all with ``--overwrite``)."""
+    mine = options.shard.select(items)
+    todo = list(mine) if options.overwrite else [it for it in mine if not _finished_earlier(step.outputs(it))]
+    report.total, report.skipped = len(mine), len(mine) - len(todo)
+    return mine, todo
+
+
+def _finished_earlier(outputs: list[Path]) -> bool:
+    return bool(outputs) and all(p.exists() for p in outputs)
+
+
+class _Drive:
+    """Drives one run's items through the step's hooks: a window of work in flight, batches for ``compute``,
+    the counts and the progress bar."""
+
+    def __init__(self, step: Step, options: RunOptions, report: RunReport, executor: Any, step_arg: Step | None, progress, workers: int):
+        self.step, self.options, self.report, self.progress = step, options, report, progress
+        self.executor, self.step_arg, self.workers = executor, step_arg, workers
+        self.window = max(4, 4 * max(1, workers), 2 * options.batch_size)
+        self.task = None
+
+    def run(self, todo: list[ImageItem]) -> None:
+        self.task = self.progress.add_task(self.step.name, total=len(todo), status=status_text(self.report))
+        if not todo:
+            return
+        self.step.setup()
+        torch_threads = share_cores_with_workers(self.workers)
+        try:
+            if self.step.compute is None:
+                self._run_per_item(todo)
+            else:
+                self._run_batched(todo)
+        finally:
+            restore_torch_threads(torch_threads)
+
+    def _finished(self, item: ImageItem, ok: bool, value: Any) -> None:
+        if ok:
+            self.report.done += 1
+            self.step.collect(item, value)
+        else:
+            self.report.failures.append({"item": str(item.rel), "reason": value})
+            self.progress.console.print(f"[red]failed[/] {item.rel}: {value}")
+            if self.options.fail_fast:
+                raise FailFast(f"{item.rel}: {value}")
+        self.progress.update(self.task, advance=1, status=status_text(self.report))
+
+    def _submitted(self, source, fn, pending: deque) -> None:
+        """Top up ``pending`` with (item, future) pairs from ``source`` up to the window."""
+        while len(pending) < self.window:
+            item = next(source, None)
+            if item is None:
+                return
+            pending.append((item, self.executor.submit(fn, self.step_arg, item)))
+
+    def _run_per_item(self, todo: list[ImageItem]) -> None:
+        source, pending = iter(todo), deque()
+        self._submitted(source, work_process_and_write, pending)
+        while pending:
+            item, fut = pending.popleft()
+            ok, value = fut.result()
+            self._submitted(source, work_process_and_write, pending)
+            self._finished(item, ok, value)
+
+    def _run_batched(self, todo: list[ImageItem]) -> None:
+        source, pending, writes, batch = iter(todo), deque(), deque(), []
+        self._submitted(source, work_prepare, pending)
+        while pending:
+            item, fut = pending.popleft()
+            ok, value = fut.result()
+            self._submitted(source, work_prepare, pending)
+            if ok:
+                batch.append((item, value))
+            else:
+                self._finished(item, False, value)
+            if len(batch) >= self.options.batch_size or not pending:
+                self._compute_and_write(batch, writes)
+                batch = []
+        self._compute_and_write(batch, writes)
+        self._drain(writes, 0)
+
+    def _compute_and_write(self, batch: list, writes: deque) -> None:
+        for item, ok, result in _compute_batch(self.step, batch):
+            if ok:
+                writes.append((item, self.executor.submit(work_write, self.step_arg, item, result)))
+            else:
+                self._finished(item, False, result)
+        self._drain(writes, self.window)
+
+    def _drain(self, writes: deque, limit: int) -> None:
+        """Count finished writes; wait for the oldest while more than ``limit`` are in flight."""
+        while writes and (len(writes) > limit or writes[0][1].done()):
+            item, fut = writes.popleft()
+            ok, value = fut.result()
+            self._finished(item, ok, value)
+
+
+def _compute_batch(step: Step, batch: list) -> Iterable[tuple[ImageItem, bool, Any]]:
+    """Run ``compute`` on a batch; if the batch fails, retry item by item to isolate the culprit."""
+    if not batch:
+        return []
+    items = [b[0] for b in batch]
+    payloads = [b[1] for b in batch]
+    try:
+        results = step.compute(payloads)
+        return [(it, True, r) for it, r in zip(items, results)]
+    except Exception as exc:
+        if len(batch) == 1:
+            return [(items[0], False, failure_reason(exc))]
+    out = []
+    for it, p in zip(items, payloads):
+        ok, value = call_safely(step.compute, [p])
+        out.append((it, ok, value[0] if ok else value))
+    return out
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """A scheduler's SIGTERM stops the run like Ctrl-C does (finished items kept, the record written)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, _on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _remove_leftover_temps(out_dir: Path, options: RunOptions) -> None:
+    """A killed run may have left temp files; a parallel shard may be writing right now, so with shards only old
+    leftovers (an hour) are removed."""
+    if options.shard.count == 1:
+        remove_stale_temp_files(out_dir)
+        return
+    now = time.time()
+    for tmp in out_dir.rglob(TEMP_PREFIX + "*"):
+        try:
+            if now - tmp.stat().st_mtime > 3600:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def _record(step: Step, report: RunReport, options: RunOptions, started: datetime) -> dict:
+    return build_record(
+        step.name,
+        status=status_of(report.failed, report.interrupted),
+        options={**options.record(), **step.recorded_options()},
+        counts={"total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed},
+        wall_time_s=report.wall_time_s,
+        failures=report.failures,
+        started=started,
+        shard={"index": options.shard.index, "count": options.shard.count, "source": options.shard.source},
+        results=step.recorded_results(),
+        warnings=report.warnings,
+    )

@@ -1,0 +1,124 @@
+"""Options the engine understands for every step: workers, batch size, the shard, devices and precision."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .errors import StepError
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset / container CPU sets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Worker processes for decode/encode: one per core (at most 16). The main process
+    mostly waits — on the workers, or on the GPU — so it needs no core of its own
+    (measured: on 2 cores, 2 workers segment ~1.5x faster than 1)."""
+    return max(1, min(16, available_cores()))
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+    source: str = "none"
+
+    def select(self, items: Sequence[Any]) -> list[Any]:
+        return list(items[self.index :: self.count])
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """Parse ``K/N`` (0 <= K < N)."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise StepError(f"--shard wants K/N with whole numbers, e.g. 0/4; got {text!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise StepError(f"--shard K/N needs 0 <= K < N; got {text!r}")
+    return Shard(k, n, "--shard")
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> Shard:
+    """The shard a launcher asked for: torchrun (RANK/WORLD_SIZE) or a SLURM job array."""
+    env = os.environ if env is None else env
+    if "WORLD_SIZE" in env and "RANK" in env and int(env["WORLD_SIZE"]) > 1:
+        return Shard(int(env["RANK"]), int(env["WORLD_SIZE"]), "torchrun")
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        if count > 1:
+            if not 0 <= index < count:
+                raise StepError(f"SLURM array task {index} is outside 0..{count - 1}; set --shard K/N explicitly")
+            return Shard(index, count, "slurm")
+    return Shard()
+
+
+def resolve_shard(text: str | None) -> Shard:
+    return parse_shard(text) if text else shard_from_env()
+
+
+@dataclass
+class RunOptions:
+    """Options the engine itself understands, shared by every step."""
+
+    workers: int = field(default_factory=default_workers)
+    batch_size: int = 16
+    shard: Shard = field(default_factory=Shard)
+    overwrite: bool = False
+    fail_fast: bool = False
+    progress: bool = True
+
+    def record(self) -> dict:
+        d = asdict(self)
+        d["shard"] = self.shard.label
+        d.pop("progress")
+        return d
+
+
+def resolve_device(name: str = "auto"):
+    """``auto|cpu|cuda|cuda:N|mps`` -> torch.device. A device that is not there is an error."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise StepError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise StepError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    if name == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise StepError("--device mps: Apple MPS is not available on this machine")
+        return torch.device("mps")
+    raise StepError(f"--device {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
+
+
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # --precision -> torch dtype name
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto`` -> fp16 on CUDA, fp32 elsewhere; anything but auto/fp32/fp16/bf16 is an error."""
+    if precision == "auto":
+        return "fp16" if device_type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise StepError(f"--precision must be auto, fp32, fp16 or bf16; got {precision!r}")
+    return precision
+
+

@@ -1,0 +1,76 @@
+"""The run record (``autobackswap.json``): ONE writer for every step and trainer, and what later steps read back
+from it (the thresholds a MASKS folder's segmenter chose)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from ..images import write_bytes_atomic
+
+RUN_RECORD = "autobackswap.json"
+
+
+def build_record(step: str, *, status: str, options: dict, counts: dict, wall_time_s: float, failures: list[dict] = (),
+                 started: datetime | None = None, **extra) -> dict:
+    """A run record: what ran (step, package version, options), how it ended (status, counts, failures) and how
+    long it took. ``extra`` adds step-specific sections (results, shard, warnings, metrics, ...)."""
+    finished = datetime.now(timezone.utc)
+    return {
+        "step": step,
+        "package_version": __version__,
+        "status": status,
+        "started": (started or finished).isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "wall_time_s": round(float(wall_time_s), 3),
+        "options": options,
+        "counts": counts,
+        **extra,
+        "failures": list(failures),
+        "python": platform.python_version(),
+    }
+
+
+def write_run_record(path: Path, record: dict) -> None:
+    """Write a record atomically (a reader never sees half of one)."""
+    write_bytes_atomic(path, (json.dumps(record, indent=2, default=str) + "\n").encode())
+
+
+def status_of(failures: int, interrupted: bool = False) -> str:
+    return "interrupted" if interrupted else ("completed with failures" if failures else "completed")
+
+
+def record_path(out_dir: Path, shard_index: int, shard_count: int) -> Path:
+    """Where a step's record goes: one per shard, so parallel shards never write the same file."""
+    if shard_count > 1:
+        return Path(out_dir) / f"autobackswap.shard-{shard_index}-of-{shard_count}.json"
+    return Path(out_dir) / RUN_RECORD
+
+
+PAPER_THRESHOLDS = {"loose": 0.1, "tight": 0.5}  # the paper's loose and tight masks, for masks that do not say better
+
+
+def _recorded_thresholds(masks_dir: Path) -> dict:
+    """The loose/tight thresholds that ``segment`` recorded in a MASKS folder ({} when it holds none):
+    the values its segmenter chose on its validation labels."""
+    try:
+        record = json.loads((Path(masks_dir) / RUN_RECORD).read_text())
+        thresholds = record["options"].get("thresholds") or {}
+        return {k: float(thresholds[k]) for k in PAPER_THRESHOLDS if k in thresholds}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def mask_threshold(masks_dir: Path, name: str, given: float | None = None) -> tuple[float, str]:
+    """The ``loose`` or ``tight`` threshold to apply to a MASKS folder, and where it came from: ``given`` (an
+    option), else what ``segment`` recorded there (its segmenter's calibrated value), else the paper's."""
+    if given is not None:
+        return float(given), "option"
+    recorded = _recorded_thresholds(masks_dir).get(name)
+    if recorded is not None:
+        return recorded, "masks' segmenter"
+    return PAPER_THRESHOLDS[name], "default"
+

@@ -1,0 +1,61 @@
+"""Reading the input: scan DATA for a step, and read items one by one, collecting the ones that fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from ..images import FolderScan, ImageError, ImageItem, is_inside, scan_image_folder
+from .errors import StepError
+from .progress import console, make_progress
+
+
+def prepare_items(data_dir: Path, out_dir: Path | None = None, extra_outputs: Sequence[Path] = ()) -> tuple[list[ImageItem], list[str]]:
+    """Scan DATA for a step; returns its items and warnings for the run record.
+
+    An output folder inside DATA is left out of the scan (and said so); an output
+    folder equal to DATA is refused, since inputs are never modified.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise StepError(f"input folder not found: {data_dir}")
+    warnings: list[str] = []
+    outputs = [p for p in [out_dir, *extra_outputs] if p is not None]
+    for out in outputs:
+        if Path(out).resolve() == data_dir.resolve():
+            raise StepError(f"output {out} is the input folder itself; choose another folder (inputs are never modified)")
+        if is_inside(Path(out), data_dir):
+            warnings.append(f"output folder {out} is inside the input folder {data_dir}; it is left out of the input")
+    scan: FolderScan = scan_image_folder(data_dir, exclude=outputs)
+    for cls in scan.empty_classes:
+        warnings.append(f"class folder '{cls}' has no images; it is skipped")
+    if scan.skipped_files:
+        shown = ", ".join(scan.skipped_files[:5]) + (" ..." if len(scan.skipped_files) > 5 else "")
+        warnings.append(f"{len(scan.skipped_files)} file(s) without an image extension were ignored: {shown}")
+    if not scan.items:
+        raise StepError(f"no images found in {data_dir} (expected DATA/<class>/<image>.jpg|png|...)")
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    return scan.items, warnings
+
+
+# --------------------------------------------------------------------------- the step protocol
+
+
+
+def read_items(items: Sequence[ImageItem], read: Callable[[ImageItem], Any], failures: list[dict], *,
+               description: str = "reading images", progress: bool = True) -> Iterator[tuple[ImageItem, Any]]:
+    """Yield ``(item, read(item))`` under a progress bar; an item whose reading raises ``ImageError`` is said,
+    appended to ``failures`` as ``{"item", "reason"}`` (the run record's form) and left out. For the steps that
+    read all of their items in the main process (trainers, evaluate)."""
+    with make_progress(transient=True, enabled=progress) as bar:
+        task = bar.add_task(description, total=len(items), status="")
+        for item in items:
+            try:
+                value = read(item)
+            except ImageError as exc:
+                failures.append({"item": str(item.rel), "reason": str(exc)})
+                bar.console.print(f"[red]skipped[/] {item.rel}: {exc}")
+            else:
+                yield item, value
+            bar.update(task, advance=1, status=f"[red]failed {len(failures)}[/]" if failures else "")

@@ -1,0 +1,172 @@
+"""Worker processes: how they start, what they run, and how they are stopped.
+
+``prepare``/``process`` and ``write`` of a step run here; the main process keeps the model (``compute``).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import multiprocessing as mp
+import os
+import signal
+import sys
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable
+
+from ..images import ImageItem
+from .errors import failure_reason
+from .options import available_cores
+from .step import Step
+
+_WORKER_STEP: Step | None = None
+
+def _init_worker(step: Step) -> None:
+    """Worker start: remember the step, leave Ctrl-C to the main process, one thread per worker."""
+    global _WORKER_STEP
+    _WORKER_STEP = step
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process coordinates Ctrl-C
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import cv2
+
+    cv2.setNumThreads(1)  # parallel regions on cores other processes use stall (measured)
+    _keep_freed_memory_for_reuse()
+
+
+def _keep_freed_memory_for_reuse() -> None:
+    """Let glibc keep freed image-sized buffers instead of returning them to the OS.
+
+    A fresh worker otherwise maps and unmaps every large array (each image, mask and
+    float buffer), paying ~1500 page faults per image (measured) — a third of a segment
+    worker's time. With a 32 MiB mmap threshold and a 256 MiB trim threshold the buffers
+    are reused; a worker then holds at most that much idle memory.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    libc.mallopt(m_trim_threshold, 256 * 1024 * 1024)
+
+
+def _worker_context(step: Step):
+    """How worker processes start. Never a plain fork of this process: a fork taken after
+    OpenCV or torch started their thread pools deadlocks in the child (seen with cv2).
+    A fork server (a clean process that imported the step's module once) starts workers
+    fast where it exists; elsewhere they are spawned.
+    """
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__, type(step).__module__])
+        return ctx
+    return mp.get_context("spawn")
+
+
+@contextmanager
+def _workers_skip_main_module(step: Step):
+    """While workers start, make multiprocessing treat the caller's script as a ``-m`` module,
+    which new processes do not re-run. Otherwise every worker of every run re-imports the
+    script — and, say, torch with it (measured: 1.1 s per run) — and a script without an
+    ``if __name__ == "__main__":`` guard would run itself again in each worker. Skipped when
+    the step's class is defined in the script: workers then need it.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None or type(step).__module__ == "__main__":
+        yield
+        return
+    main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
+    try:
+        yield
+    finally:
+        main.__spec__ = None
+
+
+def call_safely(fn: Callable, *args) -> tuple[bool, Any]:
+    """``(True, fn(*args))``, or ``(False, reason)`` when it raised: one bad item must not stop the run."""
+    try:
+        return True, fn(*args)
+    except Exception as exc:
+        if os.environ.get("AUTOBACKSWAP_DEBUG"):
+            traceback.print_exc()
+        return False, failure_reason(exc)
+
+
+def work_prepare(step: Step | None, item: ImageItem):
+    return call_safely((step or _WORKER_STEP).prepare, item)
+
+
+def work_write(step: Step | None, item: ImageItem, result: Any):
+    return call_safely((step or _WORKER_STEP).write, item, result)
+
+
+def work_process_and_write(step: Step | None, item: ImageItem):
+    s = step or _WORKER_STEP
+    ok, value = call_safely(s.process, item)
+    if not ok:
+        return ok, value
+    return call_safely(s.write, item, value)
+
+
+class InlineExecutor:
+    """Stands in for the process pool when ``--workers 0``: runs calls at submit time."""
+
+    def __init__(self, step: Step):
+        self.step = step
+
+    def submit(self, fn, step_arg, *args) -> Future:
+        fut: Future = Future()
+        fut.set_result(fn(self.step, *args))
+        return fut
+
+    def shutdown(self, *a, **k) -> None:
+        pass
+
+
+def start_executor(step: Step, workers: int) -> tuple[Any, Step | None]:
+    """A pool of ``workers`` started processes (or the inline stand-in for 0), and the step argument its calls
+    take (None in workers: they hold the step since they started)."""
+    if not workers:
+        return InlineExecutor(step), step
+    with _workers_skip_main_module(step):
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(step), initializer=_init_worker, initargs=(step,))
+        # Start every worker now (one submit each, before any can be idle), so their start-up
+        # cost is not counted against the first batch.
+        for f in [executor.submit(os.getpid) for _ in range(workers)]:
+            f.result()
+    return executor, None
+
+
+def stop_executor(executor: Any) -> None:
+    """Stop the workers now (interrupt, failure): running calls are abandoned."""
+    if isinstance(executor, ProcessPoolExecutor):
+        procs = list(getattr(executor, "_processes", {}).values())
+        for p in procs:
+            try:
+                p.terminate()
+            except Exception:
+                pass
+        for p in procs:
+            p.join(timeout=5)
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def share_cores_with_workers(workers: int) -> int | None:
+    """Leave the cores the workers use to them: torch's own threads in this process would
+    otherwise compete with them and stall (spinning threads on oversubscribed cores).
+    Returns the previous thread count to restore, or None when nothing was changed."""
+    torch = sys.modules.get("torch")
+    if torch is None or workers == 0:
+        return None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(previous, available_cores() - workers)))
+    return previous
+
+
+def restore_torch_threads(previous: int | None) -> None:
+    if previous is not None:
+        sys.modules["torch"].set_num_threads(previous)
+

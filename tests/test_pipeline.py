@@ -1,0 +1,48 @@
+"""pipeline.py (`autobackswap run`): the chain, resume, shards and replaying a run's options."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from conftest import cli, run_record
+
+
+def _manifest(out: Path) -> list[dict]:
+    return list(csv.DictReader(open(out / "manifest.csv")))
+
+
+def test_run_chains_all_steps_and_resumes(small_sample, tmp_path):
+    work = tmp_path / "work"
+    cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", work, "--no-progress", "--workers", "1", "--preview", tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    for sub in ("masks", "backgrounds", "composites"):
+        assert run_record(work / sub)["counts"]["done"] == 24
+    assert (work / "segmenter.pt").exists() and len(_manifest(work / "composites")) == 24
+    result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", work, "--no-progress", "--workers", "1")
+    assert "exists, kept" in " ".join(result.output.split())
+    assert run_record(work / "composites")["counts"]["skipped"] == 24
+
+
+def test_run_with_shards_wants_the_segmenter_trained_first(small_sample, tmp_path):
+    result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", tmp_path / "work", "--shard", "1/2", "--no-progress", expect=2)
+    assert "train the segmenter once" in " ".join(result.output.split())
+    assert not (tmp_path / "work" / "segmenter.pt").exists()
+
+
+def test_config_replays_a_runs_options_and_the_command_line_overrides_them(small_sample, tmp_path):
+    first = tmp_path / "first"
+    cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", first, "--no-progress", "--workers", "0",
+        "--method", "telea", "--per-image", "2", "--bg-from", "other-class", "--tight", "0.5")
+    record = run_record(first)
+    assert record["step"] == "run" and record["status"] == "completed" and record["options"]["inpaint"]["method"] == "telea"
+    second = tmp_path / "second"
+    cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", second, "--config", first / "autobackswap.json",
+        "--no-progress", "--workers", "0", "--per-image", "1")
+    assert run_record(second / "backgrounds")["options"]["method"] == "telea"  # replayed
+    composed = run_record(second / "composites")["options"]
+    assert (composed["bg_from"], composed["tight"], composed["tight_from"], composed["per_image"]) == ("other-class", 0.5, "option", 1)  # replayed; overridden
+    assert len(_manifest(second / "composites")) == 24 and len(_manifest(first / "composites")) == 48
+    (tmp_path / "bad.json").write_text('{"options": {"inpaint": {"colour": 1}}}')
+    result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", tmp_path / "x", "--config", tmp_path / "bad.json", expect=2)
+    assert "unknown inpaint option(s): colour" in " ".join(result.output.split())
