@@ -154,7 +154,7 @@ def label_cmd(
     chosen = [(kind, path) for kind, path in (("masks", from_masks), ("csv", from_csv), ("coco", from_coco)) if path is not None]
     if len(chosen) > 1:
         raise StepError("use one of --from-masks, --from-csv, --from-coco")
-    items, warnings = prepare_items(data, out)
+    items, warnings = prepare_items(data, out, other_inputs=[from_masks])
     if chosen:
         request = ImportRequest(*chosen[0], grid=grid, threshold=threshold, count=count, seed=seed)
         report = import_labels(data, out, items, request, _run_options(workers, 16, None, overwrite, fail_fast, no_progress), warnings)
@@ -241,7 +241,7 @@ def segment_cmd(
     from .engine import prepare_items, run_step
     from .segmenter.predict import SegmentOptions, SegmentStep
 
-    items, warnings = prepare_items(data, out)
+    items, warnings = prepare_items(data, out, other_inputs=[truth])
     step = SegmentStep(segmenter, out, SegmentOptions(device=device, refine=refine.value, precision=precision.value, preview=str(preview) if preview else None, truth=str(truth) if truth else None))
     _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress), warnings))
 
@@ -289,7 +289,7 @@ def inpaint_cmd(
         method=method.value, model=model, prompt=prompt or defaults.prompt, negative_prompt=negative_prompt if negative_prompt is not None else defaults.negative_prompt,
         steps=steps, guidance=guidance, resolution=resolution, radius=radius, texture=texture_strength(texture), seed=seed, device=device, precision=precision.value,
     )
-    items, warnings = prepare_items(data, out, extra_outputs=[masks])
+    items, warnings = prepare_items(data, out, other_inputs=[masks])
     step = InpaintStep(masks, out, options, FillRegion(loose=loose, dilate=dilate), out_format=out_format.value, quality=quality, preview=str(preview) if preview else None)
     _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress), warnings))
 
@@ -348,7 +348,7 @@ def compose_cmd(
         include_originals=include_originals, out_format=out_format.value, quality=quality, seed=seed,
     )
     run_options = _run_options(workers, 1, shard, overwrite, fail_fast, no_progress)
-    items, warnings = prepare_items(data, out, extra_outputs=[masks, backgrounds])
+    items, warnings = prepare_items(data, out, other_inputs=[masks, backgrounds])
     step = ComposeStep(masks, backgrounds, out, options, preview=str(preview) if preview else None)
     _finish(run_step(step, items, run_options, warnings))
 

@@ -127,7 +127,7 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
     t0 = time.perf_counter()
     if not sources:
         raise StepError("give at least one model: --model FILE, or --arch NAME --weights FILE")
-    items, _ = prepare_items(Path(test_dir), extra_outputs=[options.masks, options.backgrounds])
+    items, _ = prepare_items(Path(test_dir), other_inputs=[options.masks, options.backgrounds])
     make_variants = VariantMaker(options.masks, options.backgrounds, options.mix_from, options.seed)
     groups = read_groups(options.groups, items) if options.groups else None
     classes = sorted({it.cls for it in items})

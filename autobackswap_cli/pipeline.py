@@ -115,7 +115,7 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
         result = train_segmenter(data, labels, paths["segmenter"], options.train, progress=options.run.progress)
         console.print(f"segmenter: validation patch IoU {result.metrics['val_patch_iou']} (best epoch {result.metrics['best_epoch']})")
         console.print(thresholds_line(result.thresholds, options.segment.refine))
-    items, warnings = prepare_items(data, Path(work))
+    items, warnings = prepare_items(data, Path(work), other_inputs=[labels])
     reports = []
     console.print("[bold]2/4 segment[/]")
     reports.append(run_step(SegmentStep(paths["segmenter"], paths["masks"], options.segment), items, options.run, warnings))

@@ -186,3 +186,17 @@ def test_a_dead_worker_is_a_clear_error_and_a_rerun_finishes(tmp_path):
     assert json.loads((tmp_path / "out" / "autobackswap.json").read_text())["step"] == "invert"
     report = run_step(InvertStep(tmp_path / "out", batched=False), items, RunOptions(workers=2, progress=False))
     assert report.ok and report.done + report.skipped == 10 and len(list((tmp_path / "out").rglob("*.png"))) == 10
+
+
+def test_an_output_folder_overlapping_an_input_folder_is_refused(tmp_path):
+    data = _folder(tmp_path / "data")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (tmp_path / "link").symlink_to(masks)
+    for out, relation in ((masks, "is"), (tmp_path / "link", "is"), (masks / "sub", "lies inside"), (tmp_path, "holds")):
+        with pytest.raises(StepError, match=f"{relation} the input folder"):
+            prepare_items(data, out, other_inputs=[masks])
+    with pytest.raises(StepError, match="is the input folder itself"):
+        prepare_items(data, data / ".", other_inputs=[masks])
+    items, warnings = prepare_items(data, data / "out", other_inputs=[masks])  # inside DATA: left out, said so
+    assert len(items) == 10 and "left out of the input" in warnings[0]

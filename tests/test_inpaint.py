@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -199,3 +200,12 @@ def test_texture_fill_changes_only_the_hole_in_the_library_too():
     hole[5:35, 2:88] = True  # the known part is a thin frame
     out = inpainter.inpaint(image, hole)
     assert np.array_equal(out[~hole], image[~hole]) and np.array_equal(out, inpainter.inpaint(image.copy(), hole.copy()))
+
+
+def test_writing_into_the_masks_folder_is_refused_and_the_masks_survive(small_sample, tmp_path):
+    masks = tmp_path / "masks"
+    shutil.copytree(small_sample / "masks/test", masks)
+    before = {p: p.read_bytes() for p in masks.rglob("*.png")}
+    result = cli("inpaint", small_sample / "test", masks, "-o", masks, "--format", "png", "--overwrite", "--no-progress", expect=2)
+    assert "is the input folder" in " ".join(result.output.split())
+    assert {p: p.read_bytes() for p in masks.rglob("*.png")} == before

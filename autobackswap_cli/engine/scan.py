@@ -10,23 +10,29 @@ from .errors import StepError
 from .progress import console, make_progress
 
 
-def prepare_items(data_dir: Path, out_dir: Path | None = None, extra_outputs: Sequence[Path] = ()) -> tuple[list[ImageItem], list[str]]:
+def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Sequence[Path] = ()) -> tuple[list[ImageItem], list[str]]:
     """Scan DATA for a step; returns its items and warnings for the run record.
 
-    An output folder inside DATA is left out of the scan (and said so); an output
-    folder equal to DATA is refused, since inputs are never modified.
+    The step's output folder may not be, hold or lie inside any of its inputs (DATA and ``other_inputs`` such as
+    MASKS, BACKGROUNDS, LABELS; symlinks resolved): inputs are never modified. Only an output inside DATA is
+    allowed, and left out of the scan (and said so), as are other inputs kept inside DATA.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise StepError(f"input folder not found: {data_dir}")
     warnings: list[str] = []
-    outputs = [p for p in [out_dir, *extra_outputs] if p is not None]
-    for out in outputs:
-        if Path(out).resolve() == data_dir.resolve():
+    inputs = [Path(p) for p in other_inputs if p is not None]
+    if out_dir is not None:
+        out = Path(out_dir)
+        if out.resolve() == data_dir.resolve():
             raise StepError(f"output {out} is the input folder itself; choose another folder (inputs are never modified)")
-        if is_inside(Path(out), data_dir):
+        for folder in inputs:
+            if is_inside(out, folder) or is_inside(folder, out):
+                relation = "is" if out.resolve() == folder.resolve() else ("lies inside" if is_inside(out, folder) else "holds")
+                raise StepError(f"output {out} {relation} the input folder {folder}; choose another folder (inputs are never modified)")
+        if is_inside(out, data_dir):
             warnings.append(f"output folder {out} is inside the input folder {data_dir}; it is left out of the input")
-    scan: FolderScan = scan_image_folder(data_dir, exclude=outputs)
+    scan: FolderScan = scan_image_folder(data_dir, exclude=[p for p in [out_dir, *inputs] if p is not None])
     for cls in scan.empty_classes:
         warnings.append(f"class folder '{cls}' has no images; it is skipped")
     if scan.skipped_files:
@@ -37,10 +43,6 @@ def prepare_items(data_dir: Path, out_dir: Path | None = None, extra_outputs: Se
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}")
     return scan.items, warnings
-
-
-# --------------------------------------------------------------------------- the step protocol
-
 
 
 def read_items(items: Sequence[ImageItem], read: Callable[[ImageItem], Any], failures: list[dict], *,
