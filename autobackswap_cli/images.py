@@ -220,22 +220,28 @@ def image_size(path: Path | str) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a single-channel mask PNG as float32 in [0, 1] (value / 255).
 
-    With ``expected_hw`` a size mismatch raises ``ImageError`` naming both sizes.
+    With ``expected_hw`` a size mismatch raises ``ImageError`` naming both sizes. The size is checked from the
+    header, before any pixel is decoded (a small file can hold a huge image).
     """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"mask missing: {path}")
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(f"mask too large: {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})")
+            if expected_hw is not None and (h, w) != tuple(expected_hw):
+                raise ImageError(f"mask size {w}x{h} does not match image size {expected_hw[1]}x{expected_hw[0]}")
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img).astype(np.float32) / 65535.0
             else:
                 arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"unreadable mask {path.name}: {exc}") from exc
     if expected_hw is not None and arr.shape != tuple(expected_hw):
         raise ImageError(

@@ -75,12 +75,17 @@ def write_grid(path: Path, grid: np.ndarray) -> None:
 
 
 def read_grid(path: Path, grid: int | None = None) -> np.ndarray:
-    """Read a label grid; values other than 0/255 count as not labelled (128)."""
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("L"), dtype=np.uint8)
-    if arr.shape[0] != arr.shape[1] or (grid is not None and arr.shape[0] != grid):
-        want = f"{grid}x{grid}" if grid else "square"
-        raise ImageError(f"label grid {path.name} is {arr.shape[1]}x{arr.shape[0]}, expected {want}")
+    """Read a label grid; values other than 0/255 count as not labelled (128). Its size is checked from the header,
+    before decoding; an unreadable grid is an ``ImageError`` naming the file."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w != h or (grid is not None and w != grid) or w > 1024:
+                want = f"{grid}x{grid}" if grid else "square, at most 1024"
+                raise ImageError(f"label grid {Path(path).name} is {w}x{h}, expected {want}")
+            arr = np.asarray(img.convert("L"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"unreadable label grid {Path(path).name}: {exc}") from exc
     out = np.full(arr.shape, UNLABELLED, np.uint8)
     out[arr >= 192] = FOREGROUND
     out[arr <= 63] = BACKGROUND

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 import badfiles
 from autobackswap_cli.images import (
@@ -115,3 +115,19 @@ def test_mask_round_trip_and_size_check(tmp_path):
     assert np.abs(back - mask).max() <= 0.5 / 255 + 1e-6
     with pytest.raises(ImageError, match="does not match"):
         read_mask(tmp_path / "m.png", (21, 30))
+
+
+def test_mask_and_grid_sizes_are_checked_from_the_header_before_decoding(tmp_path):
+    """A PNG whose header says 12000 x 12000 but whose pixel data is cut off: had it been decoded first, the
+    error would be about the truncation (and, whole, it would cost ~1.6 GB)."""
+    from autobackswap_cli.labels import read_grid
+
+    Image.new("L", (12000, 12000), 0).save(tmp_path / "big.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "big.png").read_bytes()[:4000])
+    with pytest.raises(ImageError, match="mask size 12000x12000 does not match image size 64x64"):
+        read_mask(tmp_path / "cut.png", (64, 64))
+    with pytest.raises(ImageError, match="label grid cut.png is 12000x12000, expected 16x16"):
+        read_grid(tmp_path / "cut.png", 16)
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    with pytest.raises(ImageError, match="unreadable label grid junk.png"):
+        read_grid(tmp_path / "junk.png", 16)
