@@ -200,3 +200,18 @@ def test_an_output_folder_overlapping_an_input_folder_is_refused(tmp_path):
         prepare_items(data, data / ".", other_inputs=[masks])
     items, warnings = prepare_items(data, data / "out", other_inputs=[masks])  # inside DATA: left out, said so
     assert len(items) == 10 and "left out of the input" in warnings[0]
+
+
+def test_a_second_run_into_a_folder_that_is_being_written_is_refused(tmp_path):
+    from autobackswap_cli.engine.lock import output_lock
+
+    items, _ = prepare_items(_folder(tmp_path / "data"))
+    (tmp_path / "out").mkdir()
+    with output_lock(tmp_path / "out"):  # as if another run held it
+        with pytest.raises(StepError, match=f"pid {os.getpid()}.* is writing into"):
+            run_step(InvertStep(tmp_path / "out", False), items, RunOptions(workers=0, progress=False))
+        assert not list((tmp_path / "out").rglob("*.png"))
+        with output_lock(tmp_path / "out", 1, 2):  # another shard of the same folder is not blocked
+            pass
+    report = run_step(InvertStep(tmp_path / "out", False), items, RunOptions(workers=0, progress=False))
+    assert report.done == 10  # the lock goes with its holder

@@ -10,6 +10,7 @@ Rooms (img2dataset style), one role each:
 * ``step``     the step protocol: ``process`` or ``prepare``/``compute``, then ``write``, and the hooks around;
 * ``workers``  worker processes: start, the calls they run, stop;
 * ``loop``     ``run_step``: plan (shard, skip finished), drive the items, write the record once;
+* ``lock``     one run at a time per output folder (or shard);
 * ``record``   the run record ``autobackswap.json``: one writer for every step and trainer; thresholds read back;
 * ``progress`` the progress bar and the summary.
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 from ..images import TEMP_PREFIX, ImageItem, remove_stale_temp_files
 from .errors import FailFast, StepError, failure_reason
+from .lock import output_lock
 from .options import RunOptions, Shard
 from .progress import make_progress, status_text
 from .record import build_record, record_path, status_of, write_run_record
@@ -59,6 +60,11 @@ def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnin
     """
     out_dir = Path(step.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir, options.shard.index, options.shard.count):
+        return _run_locked(step, out_dir, items, options, warnings)
+
+
+def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: RunOptions, warnings: Sequence[str]) -> RunReport:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     _remove_leftover_temps(out_dir, options)
     report = RunReport(step=step.name, out_dir=str(out_dir), warnings=list(warnings), shard=options.shard)

@@ -1,0 +1,41 @@
+"""One run at a time per output folder (or shard): a second run into the same place is refused, not mixed."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import StepError
+
+
+def lock_path(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> Path:
+    """The lock file of an output folder; shards of one folder run side by side, so each has its own."""
+    suffix = f".shard-{shard_index}-of-{shard_count}" if shard_count > 1 else ""
+    return Path(out_dir) / f".autobackswap{suffix}.lock"
+
+
+@contextmanager
+def output_lock(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> Iterator[None]:
+    """Hold the output folder's lock while the body runs. The operating system drops it when the process ends,
+    however it ends, so a killed run never leaves a stale lock. (No lock where ``fcntl`` is missing: Windows.)"""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    path = lock_path(out_dir, shard_index, shard_count)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise StepError(f"another autobackswap run (pid {holder}) is writing into {out_dir}; wait for it to finish, "
+                            f"or write somewhere else") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
