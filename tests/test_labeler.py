@@ -241,6 +241,15 @@ def test_wrong_requests_get_4xx(small_sample, labels):
     with running(store) as server:
         host, port = server.server_address[:2]
         assert call(server, "PUT", f"/api/grid/{rel}", good, {"Content-Type": "text/plain"})[0] == 415
+        assert call(server, "PUT", f"/api/grid/{rel}", good, {"Content-Type": "application/jsonp"})[0] == 415
+        own = f"http://{host}:{port}"
+        for header, value in (("Origin", "http://evil.example"), ("Origin", "null"), ("Referer", "http://evil.example/page")):
+            status, body = call(server, "PUT", f"/api/grid/{rel}", good, {"Content-Type": "application/json", header: value})
+            assert status == 403 and "only accepted from this page" in body["error"]
+        assert call(server, "POST", f"/api/skip/{rel}", "{}", {"Content-Type": "application/json", "Origin": "http://evil.example"})[0] == 403
+        assert files_under(labels) == before  # nothing written by the refused requests
+        assert call(server, "PUT", f"/api/grid/{rel}", good, {"Content-Type": "application/json; charset=utf-8", "Origin": own, "Referer": own + "/"})[0] == 200
+        before = files_under(labels)
         assert call(server, "PUT", f"/api/grid/{rel}", good, {"Content-Type": "application/json", "Host": "evil.example:80"})[0] == 403
         assert call(server, "GET", "/api/session", headers={"Host": "rebound.example"})[0] == 403
         assert call(server, "DELETE", f"/api/grid/{rel}")[0] == 405

@@ -93,6 +93,8 @@ class LabelerHandler(BaseHTTPRequestHandler):
     def _dispatch(self, handler) -> None:
         try:
             self._check_host()
+            if self.command in ("PUT", "POST"):
+                self._check_origin()
             handler(urlsplit(self.path).path)
         except RequestError as exc:
             self.close_connection |= self.command != "GET"  # a body left unread must not be taken for a request
@@ -108,6 +110,19 @@ class LabelerHandler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
         if host not in LOOPBACK_NAMES:
             raise RequestError(HTTPStatus.FORBIDDEN, f"unexpected Host header {self.headers.get('Host')!r}")
+
+    def _check_origin(self) -> None:
+        """Writes come from this page only: a browser names the page that sends a request in ``Origin`` (else
+        ``Referer``); another site's page is refused. Clients that send neither (scripts, curl) are not browsers."""
+        own = (self.headers.get("Host") or "").lower()
+        for header in ("Origin", "Referer"):
+            value = self.headers.get(header)
+            if value is None:
+                continue
+            parts = urlsplit(value)
+            if parts.scheme != "http" or parts.netloc.lower() != own:
+                raise RequestError(HTTPStatus.FORBIDDEN, f"writes are only accepted from this page; {header} is {value!r}")
+            return
 
     @staticmethod
     def _route(path: str, prefix: str) -> str | None:
@@ -154,7 +169,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
 
     def _read_json(self) -> object:
         """The request's JSON body (at most ``MAX_BODY`` bytes)."""
-        if not (self.headers.get("Content-Type") or "").lower().startswith("application/json"):
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
             raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "the body must be application/json")
         length_header = self.headers.get("Content-Length")
         if length_header is None or self.headers.get("Transfer-Encoding"):
