@@ -1,7 +1,8 @@
 """The ``autobackswap`` command line: one thin function per subcommand, options -> one library call.
 
 Exit codes: 0 all items done, 1 some items failed (listed at the end and in the
-run record), 2 bad arguments or missing inputs, 130 interrupted.
+run record), 2 the run could not start or had to stop (bad arguments, missing inputs,
+an output that cannot be written), 130 interrupted.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from autobackswap_cli.engine import FailFast, RunOptions, Shard, Step, StepError, parse_shard, prepare_items, run_step, shard_from_env
-from autobackswap_cli.images import mirror_path, read_image, write_image_atomic
+from autobackswap_cli.images import TEMP_PREFIX, mirror_path, read_image, write_image_atomic
 
 
 class InvertStep(Step):
@@ -215,3 +216,30 @@ def test_a_second_run_into_a_folder_that_is_being_written_is_refused(tmp_path):
             pass
     report = run_step(InvertStep(tmp_path / "out", False), items, RunOptions(workers=0, progress=False))
     assert report.done == 10  # the lock goes with its holder
+
+
+class _DiskFills(InvertStep):
+    """The file system refuses the third write, as a full disk does."""
+
+    def write(self, item, result):
+        if item.rel.name == "002.png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(item, result)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_full_disk_stops_the_run_at_once_with_one_message_and_a_record(tmp_path, workers):
+    items, _ = prepare_items(_folder(tmp_path / "data"))
+    with pytest.raises(StepError, match="No space left on device.*the run stopped"):
+        run_step(_DiskFills(tmp_path / "out", False), items, RunOptions(workers=workers, progress=False))
+    record = json.loads((tmp_path / "out" / "autobackswap.json").read_text())
+    assert record["status"] == "failed" and "No space left" in record["error"]
+    assert record["counts"]["failed"] == 1 and record["counts"]["done"] < 10
+    assert not list((tmp_path / "out").rglob(TEMP_PREFIX + "*"))
+
+
+def test_a_file_given_as_the_output_folder_is_a_clear_error(tmp_path):
+    items, _ = prepare_items(_folder(tmp_path / "data"))
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(StepError, match="is a file, not a folder"):
+        run_step(InvertStep(tmp_path / "out", False), items, RunOptions(workers=0, progress=False))

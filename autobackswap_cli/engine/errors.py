@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
 from ..images import ImageError
+
+# an item failing with one of these cannot be written, and neither can the next: the run stops
+STOPPING_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
 
 
 class StepError(Exception):
@@ -11,6 +16,11 @@ class StepError(Exception):
 
 class FailFast(Exception):
     """Raised with ``--fail-fast`` at the first failed item."""
+
+
+class RunStopper(str):
+    """The reason of an item failure that stops the whole run (the output cannot be written: disk full,
+    read-only, no permission)."""
 
 
 def failure_reason(exc: BaseException) -> str:

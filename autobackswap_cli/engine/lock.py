@@ -26,7 +26,10 @@ def output_lock(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> It
         yield
         return
     path = lock_path(out_dir, shard_index, shard_count)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StepError(f"cannot write into {out_dir}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..images import TEMP_PREFIX, ImageItem, remove_stale_temp_files
-from .errors import FailFast, StepError, failure_reason
+from .errors import FailFast, RunStopper, StepError, failure_reason
 from .lock import output_lock
 from .options import RunOptions, Shard
-from .progress import make_progress, status_text
+from .progress import console, make_progress, status_text
 from .record import build_record, record_path, status_of, write_run_record
 from .step import Step
 from .workers import (call_safely, restore_torch_threads, share_cores_with_workers, start_executor, stop_executor,
@@ -42,6 +42,7 @@ class RunReport:
     wall_time_s: float = 0.0
     interrupted: bool = False
     shard: Shard = field(default_factory=Shard)
+    error: str | None = None  # what stopped the run (a dead worker, a full disk)
 
     @property
     def failed(self) -> int:
@@ -59,7 +60,12 @@ def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnin
     after the record is written; a dead worker becomes a ``StepError``.
     """
     out_dir = Path(step.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StepError(f"output {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StepError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
     with output_lock(out_dir, options.shard.index, options.shard.count):
         return _run_locked(step, out_dir, items, options, warnings)
 
@@ -86,13 +92,23 @@ def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: 
         error = StepError(f"a worker process died ({exc}); often the system ran out of memory on a large image: "
                           f"rerun to continue where it stopped, with fewer --workers if it happens again")
         error.__cause__ = exc
+        report.error = str(error)
+    except StepError as exc:  # e.g. the disk is full: nothing more can be written
+        stop_executor(executor)
+        remove_stale_temp_files(out_dir)
+        error, report.error = exc, str(exc)
     except BaseException:  # e.g. setup() could not load its model: no worker may outlive the run
         stop_executor(executor)
         raise
     else:
         executor.shutdown(wait=True)
     report.wall_time_s = time.perf_counter() - t0
-    write_run_record(record_path(out_dir, options.shard.index, options.shard.count), _record(step, report, options, started))
+    try:
+        write_run_record(record_path(out_dir, options.shard.index, options.shard.count), _record(step, report, options, started))
+    except OSError as exc:
+        if error is None:
+            raise StepError(f"cannot write the run record into {out_dir}: {exc.strerror or exc}") from None
+        console.print(f"[yellow]warning:[/] the run record could not be written either ({exc.strerror or exc})")
     if error is not None:
         raise error
     return report
@@ -139,7 +155,10 @@ class _Drive:
             self.report.done += 1
             self.step.collect(item, value)
         else:
-            self.report.failures.append({"item": str(item.rel), "reason": value})
+            self.report.failures.append({"item": str(item.rel), "reason": str(value)})
+            if isinstance(value, RunStopper):
+                raise StepError(f"cannot write the output: {value} ({item.rel}); the run stopped. Free space or "
+                                f"fix the folder, then run the same command again to continue")
             self.progress.console.print(f"[red]failed[/] {item.rel}: {value}")
             if self.options.fail_fast:
                 raise FailFast(f"{item.rel}: {value}")
@@ -249,13 +268,14 @@ def _remove_leftover_temps(out_dir: Path, options: RunOptions) -> None:
 def _record(step: Step, report: RunReport, options: RunOptions, started: datetime) -> dict:
     return build_record(
         step.name,
-        status=status_of(report.failed, report.interrupted),
+        status=status_of(report.failed, report.interrupted, report.error),
         options={**options.record(), **step.recorded_options()},
         counts={"total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed},
         wall_time_s=report.wall_time_s,
         failures=report.failures,
         started=started,
         shard={"index": options.shard.index, "count": options.shard.count, "source": options.shard.source},
+        error=report.error,
         results=step.recorded_results(),
         warnings=report.warnings,
     )

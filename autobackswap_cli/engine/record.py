@@ -15,7 +15,7 @@ RUN_RECORD = "autobackswap.json"
 
 
 def build_record(step: str, *, status: str, options: dict, counts: dict, wall_time_s: float, failures: list[dict] = (),
-                 started: datetime | None = None, **extra) -> dict:
+                 started: datetime | None = None, error: str | None = None, **extra) -> dict:
     """A run record: what ran (step, package version, options), how it ended (status, counts, failures) and how
     long it took. ``extra`` adds step-specific sections (results, shard, warnings, metrics, ...)."""
     finished = datetime.now(timezone.utc)
@@ -28,6 +28,7 @@ def build_record(step: str, *, status: str, options: dict, counts: dict, wall_ti
         "wall_time_s": round(float(wall_time_s), 3),
         "options": options,
         "counts": counts,
+        **({"error": error} if error else {}),
         **extra,
         "failures": list(failures),
         "python": platform.python_version(),
@@ -39,7 +40,10 @@ def write_run_record(path: Path, record: dict) -> None:
     write_bytes_atomic(path, (json.dumps(record, indent=2, default=str) + "\n").encode())
 
 
-def status_of(failures: int, interrupted: bool = False) -> str:
+def status_of(failures: int, interrupted: bool = False, error: str | None = None) -> str:
+    """completed | completed with failures | interrupted | failed (the run stopped on an error)."""
+    if error:
+        return "failed"
     return "interrupted" if interrupted else ("completed with failures" if failures else "completed")
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 from ..images import ImageItem
-from .errors import failure_reason
+from .errors import STOPPING_ERRNOS, RunStopper, failure_reason
 from .options import available_cores
 from .step import Step
 
@@ -86,9 +86,14 @@ def _workers_skip_main_module(step: Step):
 
 
 def call_safely(fn: Callable, *args) -> tuple[bool, Any]:
-    """``(True, fn(*args))``, or ``(False, reason)`` when it raised: one bad item must not stop the run."""
+    """``(True, fn(*args))``, or ``(False, reason)`` when it raised: one bad item must not stop the run. A write
+    that the file system refuses is a ``RunStopper`` reason: the next would fail alike."""
     try:
         return True, fn(*args)
+    except OSError as exc:
+        if exc.errno in STOPPING_ERRNOS:
+            return False, RunStopper(failure_reason(exc))
+        return False, failure_reason(exc)
     except Exception as exc:
         if os.environ.get("AUTOBACKSWAP_DEBUG"):
             traceback.print_exc()
