@@ -135,16 +135,30 @@ class PatchPredictor:
         self._mean = torch.as_tensor(np.asarray(self.meta["mean"], np.float32), device=self.device).view(1, 3, 1, 1)
         self._std = torch.as_tensor(np.asarray(self.meta["std"], np.float32), device=self.device).view(1, 3, 1, 1)
 
+    chunk = 8  # the model always sees batches of exactly this many images (the last one padded)
+
     def __call__(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """N x P x P foreground probabilities for ``model_input`` arrays."""
+        """N x P x P foreground probabilities for ``model_input`` arrays.
+
+        Kernels may pick another algorithm for another batch size, and their sums then differ in the last bits
+        (a mask pixel by one grey level). So the model only ever runs on batches of ``chunk`` images: an image's
+        mask does not depend on ``--batch-size``, on the shards or on which images share its batch.
+        """
         import torch
 
         if self.model is None:
             self.load()
-        x = torch.from_numpy(np.stack(inputs)).to(self.device, non_blocking=True)
-        x = ((x.float() / 255.0 - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            return torch.sigmoid(self.model(x).float()).cpu().numpy()
+        stacked = np.stack(inputs)
+        padded = -len(stacked) % self.chunk
+        if padded:
+            stacked = np.concatenate([stacked, np.zeros((padded, *stacked.shape[1:]), stacked.dtype)])
+        out = []
+        for start in range(0, len(stacked), self.chunk):
+            x = torch.from_numpy(stacked[start : start + self.chunk]).to(self.device, non_blocking=True)
+            x = ((x.float() / 255.0 - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                out.append(torch.sigmoid(self.model(x).float()).cpu().numpy())
+        return np.concatenate(out)[: len(inputs)]
 
 
 class SegmentStep(Step):
