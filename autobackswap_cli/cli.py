@@ -70,6 +70,8 @@ def _handles_errors(fn):
         try:
             return fn(*args, **kwargs)
         except StepError as exc:
+            if getattr(exc, "report", None) is not None:  # the run started: what it did before it stopped
+                print_summary(exc.report)
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2)
         except FailFast as exc:

@@ -230,8 +230,9 @@ class _DiskFills(InvertStep):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_full_disk_stops_the_run_at_once_with_one_message_and_a_record(tmp_path, workers):
     items, _ = prepare_items(_folder(tmp_path / "data"))
-    with pytest.raises(StepError, match="No space left on device.*the run stopped"):
+    with pytest.raises(StepError, match="No space left on device.*the run stopped") as stopped:
         run_step(_DiskFills(tmp_path / "out", False), items, RunOptions(workers=workers, progress=False))
+    assert stopped.value.report.failed == 1 and stopped.value.report.done < 10  # what the CLI's summary shows
     record = json.loads((tmp_path / "out" / "autobackswap.json").read_text())
     assert record["status"] == "failed" and "No space left" in record["error"]
     assert record["counts"]["failed"] == 1 and record["counts"]["done"] < 10

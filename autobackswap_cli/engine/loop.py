@@ -110,6 +110,7 @@ def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: 
             raise StepError(f"cannot write the run record into {out_dir}: {exc.strerror or exc}") from None
         console.print(f"[yellow]warning:[/] the run record could not be written either ({exc.strerror or exc})")
     if error is not None:
+        error.report = report  # for the caller's summary
         raise error
     return report
 
