@@ -427,9 +427,7 @@ class ComposeStep(Step):
         writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        shard = report.shard
-        name = "manifest.csv" if shard.count == 1 else f"manifest.shard-{shard.index}-of-{shard.count}.csv"
-        write_bytes_atomic(self.out_dir / name, buf.getvalue().encode())
+        write_bytes_atomic(self.out_dir / f"manifest{report.shard.file_suffix}.csv", buf.getvalue().encode())
         self.manifest_count = len(rows)
         if self.preview and rows:
             tiles = [read_image(self.out_dir / r["output"]) for r in spread_sample(rows, self.preview_count)]

@@ -129,6 +129,6 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
     print_summary(reports[-1])
     failed = sum(r.failed for r in reports)
     counts = {r.step: {"done": r.done, "skipped": r.skipped, "failed": r.failed} for r in reports}
-    write_run_record(record_path(Path(work), options.run.shard.index, options.run.shard.count), build_record("run", status=status_of(failed), options=options.recorded(), counts=counts,
+    write_run_record(record_path(Path(work), options.run.shard), build_record("run", status=status_of(failed), options=options.recorded(), counts=counts,
                                                            wall_time_s=time.perf_counter() - t0, data=str(data), labels=str(labels)))
     return reports

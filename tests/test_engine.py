@@ -212,7 +212,7 @@ def test_a_second_run_into_a_folder_that_is_being_written_is_refused(tmp_path):
         with pytest.raises(StepError, match="another autobackswap run is writing into"):
             run_step(InvertStep(tmp_path / "out", False), items, RunOptions(workers=0, progress=False))
         assert not list((tmp_path / "out").rglob("*.png"))
-        with output_lock(tmp_path / "out", 1, 2):  # another shard of the same folder is not blocked
+        with output_lock(tmp_path / "out", Shard(1, 2)):  # another shard of the same folder is not blocked
             pass
     report = run_step(InvertStep(tmp_path / "out", False), items, RunOptions(workers=0, progress=False))
     assert report.done == 10  # the lock goes with its holder

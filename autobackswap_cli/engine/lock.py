@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import StepError
+from .options import Shard
 
 
-def lock_path(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> Path:
+def lock_path(out_dir: Path, shard: Shard = Shard()) -> Path:
     """The lock file of an output folder; shards of one folder run side by side, so each has its own."""
-    suffix = f".shard-{shard_index}-of-{shard_count}" if shard_count > 1 else ""
-    return Path(out_dir) / f".autobackswap{suffix}.lock"
+    return Path(out_dir) / f".autobackswap{shard.file_suffix}.lock"
 
 
 @contextmanager
-def output_lock(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> Iterator[None]:
+def output_lock(out_dir: Path, shard: Shard = Shard()) -> Iterator[None]:
     """Hold the output folder's lock while the body runs. The operating system drops it when the process ends,
     however it ends, so a killed run never leaves a stale lock. (No lock where ``fcntl`` is missing: Windows.)"""
     try:
@@ -25,7 +25,7 @@ def output_lock(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> It
     except ImportError:  # pragma: no cover
         yield
         return
-    path = lock_path(out_dir, shard_index, shard_count)
+    path = lock_path(out_dir, shard)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:

@@ -66,7 +66,7 @@ def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnin
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StepError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
-    with output_lock(out_dir, options.shard.index, options.shard.count):
+    with output_lock(out_dir, options.shard):
         return _run_locked(step, out_dir, items, options, warnings)
 
 
@@ -104,7 +104,7 @@ def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: 
         executor.shutdown(wait=True)
     report.wall_time_s = time.perf_counter() - t0
     try:
-        write_run_record(record_path(out_dir, options.shard.index, options.shard.count), _record(step, report, options, started))
+        write_run_record(record_path(out_dir, options.shard), _record(step, report, options, started))
     except OSError as exc:
         if error is None:
             raise StepError(f"cannot write the run record into {out_dir}: {exc.strerror or exc}") from None

@@ -34,6 +34,12 @@ class Shard:
     def label(self) -> str:
         return f"{self.index}/{self.count}"
 
+    @property
+    def file_suffix(self) -> str:
+        """What a per-shard file adds to its name (``.shard-K-of-N``; nothing without shards), so that parallel
+        shards of one folder never write the same record, manifest or lock."""
+        return f".shard-{self.index}-of-{self.count}" if self.count > 1 else ""
+
 
 def parse_shard(text: str) -> Shard:
     """Parse ``K/N`` (0 <= K < N)."""

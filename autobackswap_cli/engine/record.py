@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..images import write_bytes_atomic
+from .options import Shard
 
 RUN_RECORD = "autobackswap.json"
 
@@ -47,11 +48,9 @@ def status_of(failures: int, interrupted: bool = False, error: str | None = None
     return "interrupted" if interrupted else ("completed with failures" if failures else "completed")
 
 
-def record_path(out_dir: Path, shard_index: int, shard_count: int) -> Path:
+def record_path(out_dir: Path, shard: Shard) -> Path:
     """Where a step's record goes: one per shard, so parallel shards never write the same file."""
-    if shard_count > 1:
-        return Path(out_dir) / f"autobackswap.shard-{shard_index}-of-{shard_count}.json"
-    return Path(out_dir) / RUN_RECORD
+    return Path(out_dir) / f"autobackswap{shard.file_suffix}.json"  # RUN_RECORD without shards
 
 
 PAPER_THRESHOLDS = {"loose": 0.1, "tight": 0.5}  # the paper's loose and tight masks, for masks that do not say better
