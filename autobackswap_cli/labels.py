@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .engine import Step, StepError
+from .engine import Step, StepError, console, run_step
 from .images import IMAGE_EXTENSIONS, ImageError, ImageItem, image_size, write_bytes_atomic, write_mask_atomic
 
 FOREGROUND, BACKGROUND, UNLABELLED = 255, 0, 128
@@ -386,8 +386,6 @@ class ImportRequest:
 def import_labels(data_dir: Path, out_dir: Path, items: Sequence[ImageItem], request: ImportRequest, options, warnings: Sequence[str] = ()):
     """Turn masks / a masks.csv / COCO into LABELS through the engine, then write labels.json; returns the run
     report. ``count`` picks that many labelled images, stratified over classes."""
-    from .engine import console, run_step
-
     if request.kind == "masks":
         source = source_from_masks(request.path, items, request.grid or DEFAULT_GRID, request.threshold)
     elif request.kind == "csv":
