@@ -1,7 +1,7 @@
 """autobackswap: offline dataset augmentation by automated background swapping (AutoBackSwap)."""
 
 try:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import version
 
     __version__ = version("autobackswap-cli")
 except Exception:  # running from a source tree that is not installed

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import StepError, build_record, make_progress, read_items, resolve_device, status_of, write_run_record
+from .engine import StepError, build_record, record_interrupted_training, make_progress, read_items, resolve_device, status_of, write_run_record
 from .images import read_image, scan_image_folder, write_bytes_atomic
 from .nets import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalise
 
@@ -207,18 +207,9 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     return correct / len(x)
 
 
-def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, progress: bool = True) -> TrainedClassifier:
-    """Train the small CNN on DATA and write it as TorchScript to ``out_path`` (plus ``out_path.json``, the run record)."""
-    t0 = time.perf_counter()
-    device = resolve_device(opts.device)
-    torch.manual_seed(opts.seed)
-    gen = torch.Generator().manual_seed(opts.seed)
-    x_all, y_all, classes, failures = _read_dataset(Path(data_dir), opts.image_size, progress)
-
-    model = build_small_cnn(len(classes), opts.width).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    steps_per_epoch = (len(x_all) + opts.batch_size - 1) // opts.batch_size
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=opts.lr, total_steps=opts.epochs * steps_per_epoch, pct_start=0.2)
+def _fit(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, optimiser, scheduler, opts: ClassifierOptions,
+         gen: torch.Generator, device: torch.device, progress: bool) -> None:
+    """The training epochs, with a progress bar."""
     max_shift = round(opts.max_shift * opts.image_size)
     with make_progress(enabled=progress) as bar:
         task = bar.add_task("train-classifier", total=opts.epochs, status="")
@@ -239,6 +230,27 @@ def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, pr
                 correct += int((logits.argmax(1) == target).sum())
             bar.update(task, advance=1, status=f"loss {total / len(x_all):.3f} · train acc (augmented) {correct / len(x_all):.3f}")
 
+
+def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, progress: bool = True) -> TrainedClassifier:
+    """Train the small CNN on DATA and write it as TorchScript to ``out_path`` (plus ``out_path.json``, the run record)."""
+    t0 = time.perf_counter()
+    device = resolve_device(opts.device)
+    torch.manual_seed(opts.seed)
+    gen = torch.Generator().manual_seed(opts.seed)
+    x_all, y_all, classes, failures = _read_dataset(Path(data_dir), opts.image_size, progress)
+
+    model = build_small_cnn(len(classes), opts.width).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    steps_per_epoch = (len(x_all) + opts.batch_size - 1) // opts.batch_size
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=opts.lr, total_steps=opts.epochs * steps_per_epoch, pct_start=0.2)
+    out_path = Path(out_path)
+    try:
+        _fit(model, x_all, y_all, optimiser, scheduler, opts, gen, device, progress)
+    except KeyboardInterrupt as exc:
+        raise record_interrupted_training(
+            out_path.with_name(out_path.name + ".json"), "train-classifier", exc, options=asdict(opts),
+            counts={"images": len(x_all), "failed": len(failures)}, wall_time_s=time.perf_counter() - t0, failures=failures) from None
+
     train_accuracy = _accuracy(model, x_all, y_all, device, 128)
     options = {**asdict(opts), "device_used": str(device)}
     meta = {"format": MODEL_FORMAT, "classes": classes, "image_size": opts.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
@@ -246,7 +258,6 @@ def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, pr
     buffer = io.BytesIO()
     with _no_torchscript_deprecation_warning():
         torch.jit.save(torch.jit.script(model.cpu().eval()), buffer, _extra_files={META_FILE: json.dumps(meta)})
-    out_path = Path(out_path)
     write_bytes_atomic(out_path, buffer.getvalue())
     write_run_record(out_path.with_name(out_path.name + ".json"), build_record(
         "train-classifier", status=status_of(len(failures)), options=options, counts={"images": len(x_all), "failed": len(failures)},

@@ -2,12 +2,13 @@
 
 Exit codes: 0 all items done, 1 some items failed (listed at the end and in the
 run record), 2 the run could not start or had to stop (bad arguments, missing inputs,
-an output that cannot be written), 130 interrupted.
+an output that cannot be written), 130 interrupted by Ctrl-C, 143 by SIGTERM (128 + the signal).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from dataclasses import replace
 from enum import Enum
@@ -18,7 +19,8 @@ import typer
 
 from . import __version__
 from .choices import BackgroundsFrom, InpaintMethod, OutputFormat, Precision, Refine
-from .engine import FailFast, RunOptions, StepError, console, default_workers, print_summary, resolve_shard
+from .engine import (FailFast, RunOptions, StepError, as_interrupted, console, default_workers, print_summary, resolve_shard,
+                     stop_on_signals)
 
 app = typer.Typer(
     name="autobackswap",
@@ -62,24 +64,35 @@ def _run_options(workers: int, batch_size: int, shard: Optional[str], overwrite:
     return RunOptions(workers=workers, batch_size=batch_size, shard=resolve_shard(shard), overwrite=overwrite, fail_fast=fail_fast, progress=not no_progress)
 
 
+_STOPPED_RUN = False  # set when a command ended on a signal or a stopped run: main() then exits without waiting
+
+
 def _handles_errors(fn):
-    """Turn library exceptions into one clear line and an exit code."""
+    """Turn library exceptions into one clear line and an exit code; Ctrl-C, SIGTERM and SIGHUP stop the command
+    cleanly (see engine.signals)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global _STOPPED_RUN
         try:
-            return fn(*args, **kwargs)
+            with stop_on_signals():
+                return fn(*args, **kwargs)
         except StepError as exc:
             if getattr(exc, "report", None) is not None:  # the run started: what it did before it stopped
                 print_summary(exc.report)
+                _STOPPED_RUN = True
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2)
         except FailFast as exc:
             console.print(f"[red]stopped (--fail-fast):[/] {exc}")
             raise typer.Exit(1)
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: finished items are kept; run the same command again to resume")
-            raise typer.Exit(130)
+        except KeyboardInterrupt as exc:
+            _STOPPED_RUN = True
+            stop = as_interrupted(exc)
+            if getattr(stop, "report", None) is not None:
+                print_summary(stop.report)
+            console.print(f"[yellow]interrupted[/] ({stop.args[0]}): {stop.hint}")
+            raise typer.Exit(stop.exit_code)
 
     return wrapper
 
@@ -474,7 +487,20 @@ def run_cmd(
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="autobackswap")
+    try:
+        app(prog_name="autobackswap")
+    except SystemExit as exc:
+        if _STOPPED_RUN:
+            _exit_without_waiting(exc.code)
+        raise
+
+
+def _exit_without_waiting(code) -> None:
+    """End a stopped command now. Its record is written and its workers are stopped, but a worker that had to be
+    killed can leave the process pool's thread waiting forever, and Python would wait for that thread at exit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

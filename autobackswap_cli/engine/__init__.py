@@ -12,6 +12,7 @@ Rooms (img2dataset style), one role each:
 * ``loop``     ``run_step``: plan (shard, skip finished), drive the items, write the record once;
 * ``lock``     one run at a time per output folder (or shard);
 * ``record``   the run record ``autobackswap.json``: one writer for every step and trainer; thresholds read back;
+* ``signals``  Ctrl-C / SIGTERM / SIGHUP become ``Interrupted`` (exit 128 + signal);
 * ``progress`` the progress bar and the summary.
 
 Steps never copy the loop: they subclass ``Step`` and call ``run_step``.
@@ -22,7 +23,9 @@ from .loop import RunReport, run_step
 from .options import (PRECISIONS, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device,
                       resolve_precision, resolve_shard, shard_from_env)
 from .progress import console, make_progress, print_summary
-from .record import PAPER_THRESHOLDS, RUN_RECORD, build_record, mask_threshold, record_path, status_of, write_run_record
+from .record import (PAPER_THRESHOLDS, RUN_RECORD, build_record, mask_threshold, record_interrupted_training, record_path, status_of,
+                     write_run_record)
+from .signals import Interrupted, as_interrupted, stop_on_signals
 from .scan import prepare_items, read_items
 from .step import Step
 
@@ -30,5 +33,5 @@ __all__ = [
     "FailFast", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "RunOptions", "Shard",
     "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_precision", "resolve_shard",
     "shard_from_env", "console", "make_progress", "print_summary", "PAPER_THRESHOLDS", "RUN_RECORD", "build_record",
-    "mask_threshold", "record_path", "status_of", "write_run_record", "prepare_items", "read_items", "Step",
+    "mask_threshold", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "read_items", "Step",
 ]

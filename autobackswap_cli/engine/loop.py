@@ -8,12 +8,9 @@ writes the run record once, however the run ends.
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +22,7 @@ from .lock import output_lock
 from .options import RunOptions, Shard
 from .progress import console, make_progress, status_text
 from .record import build_record, record_path, status_of, write_run_record
+from .signals import Interrupted, as_interrupted, signals_deferred, stop_on_signals
 from .step import Step
 from .workers import (call_safely, restore_torch_threads, share_cores_with_workers, start_executor, stop_executor,
                       work_prepare, work_process_and_write, work_write)
@@ -76,43 +74,60 @@ def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: 
     report = RunReport(step=step.name, out_dir=str(out_dir), warnings=list(warnings), shard=options.shard)
     mine, todo = _plan(step, items, options, report)
     workers = max(0, int(options.workers)) if len(todo) >= 2 else 0  # one item is not worth starting processes
-    executor, step_arg = start_executor(step, workers)
-    error: BaseException | None = None
-    try:
-        with _sigterm_as_interrupt(), make_progress(enabled=options.progress) as progress:
-            _Drive(step, options, report, executor, step_arg, progress, workers).run(todo)
-        step.finish(report, mine)
-    except (KeyboardInterrupt, FailFast) as exc:
-        report.interrupted = isinstance(exc, KeyboardInterrupt)
-        stop_executor(executor)
-        remove_stale_temp_files(out_dir)
-        error = exc
-    except BrokenProcessPool as exc:
-        stop_executor(executor)
-        error = StepError(f"a worker process died ({exc}); often the system ran out of memory on a large image: "
+    executor, error = None, None
+    with stop_on_signals():
+        try:
+            executor, step_arg = start_executor(step, workers)
+            with make_progress(enabled=options.progress) as progress:
+                _Drive(step, options, report, executor, step_arg, progress, workers).run(todo)
+            step.finish(report, mine)
+        except BaseException as exc:
+            error = exc
+    with signals_deferred() as noted:  # a second Ctrl-C must not cut the cleanup and the record short
+        error = _stop_after(error, executor, report, out_dir)
+        report.wall_time_s = time.perf_counter() - t0
+        _write_record(step, report, options, started, out_dir, error)
+    if error is None and noted:
+        error = Interrupted(noted[0])  # the run ended while the signal waited: still tell the caller
+    if error is not None:
+        error.report = report  # for the caller's summary
+        raise error
+    return report
+
+
+def _stop_after(error: BaseException | None, executor: Any, report: RunReport, out_dir: Path) -> BaseException | None:
+    """End the workers after the run ended (``error`` None: normally) and say in ``report`` how it ended.
+    Returns the exception to raise: the one that ended the run, or a ``StepError`` for a dead worker."""
+    if error is None:
+        if executor is not None:
+            executor.shutdown(wait=True)
+        return None
+    stop_executor(executor)
+    if isinstance(error, KeyboardInterrupt):
+        report.interrupted = True
+        error = as_interrupted(error)
+    elif isinstance(error, BrokenProcessPool):
+        cause = error
+        error = StepError(f"a worker process died ({cause}); often the system ran out of memory on a large image: "
                           f"rerun to continue where it stopped, with fewer --workers if it happens again")
-        error.__cause__ = exc
+        error.__cause__ = cause
         report.error = str(error)
-    except StepError as exc:  # e.g. the disk is full: nothing more can be written
-        stop_executor(executor)
-        remove_stale_temp_files(out_dir)
-        error, report.error = exc, str(exc)
-    except BaseException:  # e.g. setup() could not load its model: no worker may outlive the run
-        stop_executor(executor)
-        raise
-    else:
-        executor.shutdown(wait=True)
-    report.wall_time_s = time.perf_counter() - t0
+    elif isinstance(error, StepError):  # e.g. the disk is full: nothing more can be written
+        report.error = str(error)
+    elif not isinstance(error, FailFast):  # e.g. setup() could not load its model: no record, the error as it is
+        raise error
+    remove_stale_temp_files(out_dir)
+    return error
+
+
+def _write_record(step: Step, report: RunReport, options: RunOptions, started: datetime, out_dir: Path,
+                  error: BaseException | None) -> None:
     try:
         write_run_record(record_path(out_dir, options.shard), _record(step, report, options, started))
     except OSError as exc:
         if error is None:
             raise StepError(f"cannot write the run record into {out_dir}: {exc.strerror or exc}") from None
         console.print(f"[yellow]warning:[/] the run record could not be written either ({exc.strerror or exc})")
-    if error is not None:
-        error.report = report  # for the caller's summary
-        raise error
-    return report
 
 
 def _plan(step: Step, items: Sequence[ImageItem], options: RunOptions, report: RunReport) -> tuple[list, list]:
@@ -232,23 +247,6 @@ def _compute_batch(step: Step, batch: list) -> Iterable[tuple[ImageItem, bool, A
         ok, value = call_safely(step.compute, [p])
         out.append((it, ok, value[0] if ok else value))
     return out
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """A scheduler's SIGTERM stops the run like Ctrl-C does (finished items kept, the record written)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, _on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _remove_leftover_temps(out_dir: Path, options: RunOptions) -> None:

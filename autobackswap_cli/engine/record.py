@@ -41,6 +41,19 @@ def write_run_record(path: Path, record: dict) -> None:
     write_bytes_atomic(path, (json.dumps(record, indent=2, default=str) + "\n").encode())
 
 
+def record_interrupted_training(record_file: Path, step: str, exc: KeyboardInterrupt, *, options: dict, counts: dict,
+                                wall_time_s: float, failures: list[dict] = ()) -> BaseException:
+    """A trainer stopped by Ctrl-C / SIGTERM: write its record ("interrupted", no model) and return the exception
+    to raise, with what the user can do next."""
+    from .signals import as_interrupted
+
+    model = Path(record_file).with_suffix("") if Path(record_file).suffix == ".json" else None
+    kept = f"; the model already at {model} (from an earlier run) is untouched" if model is not None and model.exists() else ""
+    write_run_record(Path(record_file), build_record(step, status="interrupted", options=options, counts=counts,
+                                                     wall_time_s=wall_time_s, failures=failures, model=None))
+    return as_interrupted(exc, hint=f"no model was saved{kept}; run the same command again to train from the start")
+
+
 def status_of(failures: int, interrupted: bool = False, error: str | None = None) -> str:
     """completed | completed with failures | interrupted | failed (the run stopped on an error)."""
     if error:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import importlib.machinery
 import multiprocessing as mp
 import os
+import select
 import signal
 import sys
+import threading
+import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -18,20 +21,49 @@ from typing import Any, Callable
 from ..images import ImageItem
 from .errors import STOPPING_ERRNOS, RunStopper, failure_reason
 from .options import available_cores
+from .signals import STOP_SIGNALS
 from .step import Step
 
 _WORKER_STEP: Step | None = None
+STOP_GRACE_S = 5.0  # how long a stopping run lets workers finish the call they are in before killing them
 
-def _init_worker(step: Step) -> None:
-    """Worker start: remember the step, leave Ctrl-C to the main process, one thread per worker."""
+
+def _init_worker(step: Step, main_pid: int) -> None:
+    """Worker start: remember the step, leave stop signals to the main process, die with it, one thread per worker."""
     global _WORKER_STEP
     _WORKER_STEP = step
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process coordinates Ctrl-C
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group; the main process stops the workers itself,
+    # after the call they are in, so none dies half-way through sending a result (that hangs the pool).
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_gone, args=(main_pid,), name="exit-with-main", daemon=True).start()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import cv2
 
     cv2.setNumThreads(1)  # parallel regions on cores other processes use stall (measured)
     _keep_freed_memory_for_reuse()
+
+
+def _exit_when_gone(main_pid: int) -> None:
+    """End this worker as soon as the run's main process is gone, even by ``kill -9``: otherwise workers, the fork
+    server and the resource tracker wait forever for work, holding the caller's pipes (``... | cat`` never ends)."""
+    try:
+        pidfd = os.pidfd_open(main_pid)  # Linux: readable when the process ends
+        select.select([pidfd], [], [])
+    except (AttributeError, OSError):  # elsewhere: ask once a second
+        while _alive(main_pid):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def _keep_freed_memory_for_reuse() -> None:
@@ -137,26 +169,34 @@ def start_executor(step: Step, workers: int) -> tuple[Any, Step | None]:
     if not workers:
         return InlineExecutor(step), step
     with _workers_skip_main_module(step):
-        executor = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(step), initializer=_init_worker, initargs=(step,))
-        # Start every worker now (one submit each, before any can be idle), so their start-up
-        # cost is not counted against the first batch.
-        for f in [executor.submit(os.getpid) for _ in range(workers)]:
-            f.result()
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(step), initializer=_init_worker,
+                                       initargs=(step, os.getpid()))
+        try:
+            # Start every worker now (one submit each, before any can be idle), so their start-up
+            # cost is not counted against the first batch.
+            for f in [executor.submit(os.getpid) for _ in range(workers)]:
+                f.result()
+        except BaseException:
+            stop_executor(executor)
+            raise
     return executor, None
 
 
-def stop_executor(executor: Any) -> None:
-    """Stop the workers now (interrupt, failure): running calls are abandoned."""
-    if isinstance(executor, ProcessPoolExecutor):
-        procs = list(getattr(executor, "_processes", {}).values())
-        for p in procs:
-            try:
-                p.terminate()
-            except Exception:
-                pass
-        for p in procs:
-            p.join(timeout=5)
-        executor.shutdown(wait=False, cancel_futures=True)
+def stop_executor(executor: Any, grace_s: float = STOP_GRACE_S) -> None:
+    """Stop the workers (interrupt, failure): calls not started are cancelled, calls running may finish within
+    ``grace_s``; a worker still busy after that is killed. Killing only as a last resort matters: a worker killed
+    while it sends a result leaves the pool's manager thread waiting forever for the rest of the message."""
+    if not isinstance(executor, ProcessPoolExecutor):
+        return
+    procs = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=2)
 
 
 def share_cores_with_workers(workers: int) -> int | None:

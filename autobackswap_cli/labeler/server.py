@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..engine import StepError, console, write_run_record
+from ..engine import StepError, as_interrupted, console, write_run_record
 from ..images import encode_image, read_image
 from .store import LabelStore, RequestError
 
@@ -244,7 +244,9 @@ def browser_available() -> bool:
 
 
 def serve(store: LabelStore, host: str = "127.0.0.1", port: int | None = None, open_browser: bool = True) -> dict:
-    """Serve the page until Ctrl-C; write the run record and return it."""
+    """Serve the page until Ctrl-C or SIGTERM; write the run record ("interrupted": the server has no other end),
+    print the counts, then raise the interrupt for the exit code (130 / 143). Without a signal (the server was
+    shut down by code) return the record."""
     started = time.time()
     server = bind(store, host, port)
     bound_port = server.server_address[1]
@@ -257,14 +259,17 @@ def serve(store: LabelStore, host: str = "127.0.0.1", port: int | None = None, o
     console.print("Ctrl-C stops the server; every change is already saved.")
     if open_browser and browser_available():
         threading.Thread(target=webbrowser.open, args=(server.url,), daemon=True).start()
+    stopped: KeyboardInterrupt | None = None
     try:
         server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as exc:
+        stopped = exc
     finally:
         server.server_close()
-    record = store.run_record(started)
+    record = store.run_record(started, interrupted=stopped is not None)
     write_run_record(store.labels_dir / "autobackswap.json", record)
     counts = record["counts"]
     console.print(f"[green]label[/]: {counts['done']} of {counts['total']} images labelled in this selection, {counts['labelled_in_folder']} label file(s) in {store.labels_dir}")
+    if stopped is not None:
+        raise as_interrupted(stopped, hint="every label is saved; run the same command again to go on labelling") from None
     return record

@@ -288,10 +288,10 @@ class LabelStore:
             resume = next((i for i, im in enumerate(images) if im["state"] in ("todo", "partial")), 0)
             return {"grid": self.grid, "assisted": self.predictor is not None, "images": images, "resume": resume, "progress": self._progress()}
 
-    def run_record(self, started: float) -> dict:
+    def run_record(self, started: float, interrupted: bool = False) -> dict:
         progress = self._progress()
         return build_record(
-            "label", status="completed", wall_time_s=time.time() - started, method="interactive",
+            "label", status="interrupted" if interrupted else "completed", wall_time_s=time.time() - started, method="interactive",
             options={"count": self.session.count, "seed": self.session.seed, "grid": self.grid, "segmenter": str(self.predictor.checkpoint) if self.predictor else None},
             counts={"total": progress["total"], "done": progress["done"], "skipped": len(self.session.skipped), "labelled_in_folder": len(self.labelled)},
         )

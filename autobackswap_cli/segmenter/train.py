@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine import StepError, build_record, console, make_progress, prepare_items, read_items, resolve_device, status_of, write_run_record
+from ..engine import (StepError, build_record, console, make_progress, prepare_items, read_items, record_interrupted_training, resolve_device,
+                      status_of, write_run_record)
 from ..images import read_image
 from ..labels import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
 from .calibrate import calibrate_thresholds
@@ -246,7 +247,14 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
     failures: list[dict] = []
     data = _read_labelled(labelled, labels_dir, size, grid, opts, failures, progress)
     model = build_segmenter(opts.backbone, grid, pretrained=opts.pretrained, weights=Path(opts.weights) if opts.weights else None).to(device)
-    best, history = _fit(model, data, opts, grid, device, progress)
+    out_path = Path(out_path)
+    try:
+        best, history = _fit(model, data, opts, grid, device, progress)
+    except KeyboardInterrupt as exc:
+        raise record_interrupted_training(
+            out_path.with_name(out_path.name + ".json"), "train-segmenter", exc, options=asdict(opts),
+            counts={"labelled": len(labelled), "used": len(data.keys), "failed": len(failures)},
+            wall_time_s=time.perf_counter() - t0, failures=failures) from None
     held_out = data.val_idx or data.train_idx
     thresholds, calibration = calibrate_on(model, data.x[held_out], data.y[held_out], label_coverage(info), device)
     metrics = {
@@ -257,7 +265,6 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
     options = {**asdict(opts), "device_used": str(device), "grid": grid, "image_size": size}
     extra = {"labels": {"dir": str(labels_dir), "grid": grid, "method": info.method}, "val_items": [data.keys[i] for i in data.val_idx],
              "thresholds": thresholds}
-    out_path = Path(out_path)
     save_checkpoint(out_path, model.cpu(), size, options, metrics, extra=extra)
     write_run_record(out_path.with_name(out_path.name + ".json"), build_record(
         "train-segmenter", status=status_of(len(failures)), options=options,
