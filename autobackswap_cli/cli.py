@@ -21,6 +21,7 @@ from . import __version__
 from .choices import BackgroundsFrom, InpaintMethod, OutputFormat, Precision, Refine
 from .engine import (FailFast, RunOptions, StepError, as_interrupted, console, default_workers, print_summary, resolve_shard,
                      stop_on_signals)
+from .engine.progress import log_json_to
 
 app = typer.Typer(
     name="autobackswap",
@@ -110,8 +111,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False) -> None:
-    pass
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    log_json: Annotated[Optional[Path], typer.Option("--log-json", dir_okay=False, envvar="AUTOBACKSWAP_LOG_JSON",
+                                                     help="Append progress as JSON lines to this file (start, every 30 s, end), for dashboards. Give it before the subcommand.")] = None,
+) -> None:
+    """On a terminal progress is a live bar; in a log (stderr not a terminal: SLURM, Ray, make) it is a plain line
+    every 30 s (AUTOBACKSWAP_LOG_INTERVAL sets the seconds)."""
+    log_json_to(log_json)
 
 
 # ----------------------------------------------------------------- sample-data

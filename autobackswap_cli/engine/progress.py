@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,20 +29,108 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f} it/s" if speed else "-- it/s", style="progress.data.speed")
 
 
-def make_progress(transient: bool = False, enabled: bool = True) -> Progress:
-    """The progress bar style every long loop uses (items/s, counts, ETA)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-        transient=transient,
-        disable=not enabled,
-    )
+LOG_INTERVAL_S = float(os.environ.get("AUTOBACKSWAP_LOG_INTERVAL", "30"))  # seconds between log lines
+_log_json: Path | None = Path(os.environ["AUTOBACKSWAP_LOG_JSON"]) if os.environ.get("AUTOBACKSWAP_LOG_JSON") else None
+
+
+def log_json_to(path: Path | None) -> None:
+    """Also write progress as JSON lines to ``path`` (``--log-json``), for dashboards."""
+    global _log_json
+    _log_json = Path(path) if path else None
+
+
+def make_progress(transient: bool = False, enabled: bool = True) -> RunProgress:
+    """What every long loop reports progress through (items/s, counts, ETA): a live bar on a terminal, plain
+    periodic lines when stderr is a log (SLURM, Ray, ``make``), JSON lines to ``--log-json``. ``enabled=False``
+    (``--no-progress``) silences the bar and the lines, not the JSON log."""
+    bar = None
+    if enabled and console.is_terminal:
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                       TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                       console=console, transient=transient)
+    return RunProgress(bar, lines=enabled and not console.is_terminal, json_path=_log_json)
+
+
+@dataclass
+class _Task:
+    description: str
+    total: float | None
+    status: str = ""
+    completed: float = 0
+    started: float = field(default_factory=time.monotonic)
+    last_line: float = field(default_factory=time.monotonic)
+
+
+class RunProgress:
+    """The progress of one loop, told three ways (any may be off): ``bar`` (rich, live), ``lines`` (a plain line
+    when a task starts, every ``LOG_INTERVAL_S`` and at the end) and ``json_path`` (the same as JSON lines)."""
+
+    def __init__(self, bar: Progress | None, lines: bool, json_path: Path | None):
+        self.bar, self.lines, self.json_path = bar, lines, json_path
+        self.console = bar.console if bar is not None else console
+        self.tasks: dict[int, _Task] = {}
+
+    def __enter__(self) -> RunProgress:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        for task in self.tasks.values():
+            self._tell(task, "end")
+
+    def add_task(self, description: str, total: float | None = None, status: str = "", **_) -> int:
+        task_id = self.bar.add_task(description, total=total, status=status) if self.bar is not None else len(self.tasks)
+        self.tasks[task_id] = task = _Task(description, total, status)
+        self._tell(task, "start")
+        return task_id
+
+    def update(self, task_id: int, advance: float = 0, status: str | None = None, total: float | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(task_id, advance=advance, **({"status": status} if status is not None else {}),
+                            **({"total": total} if total is not None else {}))
+        task = self.tasks[task_id]
+        task.completed += advance
+        task.status = status if status is not None else task.status
+        task.total = total if total is not None else task.total
+        if time.monotonic() - task.last_line >= LOG_INTERVAL_S:
+            self._tell(task, "progress")
+
+    def _tell(self, task: _Task, event: str) -> None:
+        if not (self.lines or self.json_path):
+            return
+        task.last_line = now = time.monotonic()
+        elapsed = now - task.started
+        rate = task.completed / elapsed if elapsed > 0 and task.completed else 0.0
+        left = (task.total - task.completed) / rate if rate and task.total else None
+        status = Text.from_markup(task.status).plain if task.status else ""
+        if self.lines:
+            self.console.print(_line(task, event, rate, elapsed, left, status), markup=False, highlight=False)
+        if self.json_path:
+            row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "task": task.description, "event": event,
+                   "done": task.completed, "total": task.total, "per_s": round(rate, 3), "elapsed_s": round(elapsed, 3),
+                   "eta_s": round(left, 1) if left is not None else None, "status": status}
+            try:
+                with open(self.json_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as exc:
+                self.console.print(f"[yellow]warning:[/] --log-json {self.json_path}: {exc.strerror or exc}; no more JSON lines")
+                self.json_path = None
+
+
+def _line(task: _Task, event: str, rate: float, elapsed: float, left: float | None, status: str) -> str:
+    """One plain log line, e.g. ``segment: 450/600 (75%) · 41.3/s · 0:00:10 elapsed · ETA 0:00:03 · done 450``."""
+    if event == "start":
+        return f"{task.description}: started" + (f", {task.total:g} to do" if task.total is not None else "")
+    counts = f"{task.completed:g}/{task.total:g}" + (f" ({100 * task.completed / task.total:.0f}%)" if task.total else "") \
+        if task.total is not None else f"{task.completed:g}"
+    parts = [f"{task.description}: {'ended at ' if event == 'end' else ''}{counts}", f"{rate:,.1f}/s",
+             f"{timedelta(seconds=round(elapsed))} elapsed"]
+    if left is not None and event != "end":
+        parts.append(f"ETA {timedelta(seconds=round(left))}")
+    return " · ".join(parts + ([status] if status else []))
 
 
 def status_text(report: RunReport) -> str:
