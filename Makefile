@@ -22,17 +22,17 @@ DEMO_EVAL = --masks $(DEMO)/test/masks --backgrounds $(DEMO)/test/backgrounds --
 demo: $(STAMP)
 	$(ABS) label sample_data/train --from-masks sample_data/masks/train --count 60 -o $(DEMO)/labels
 	$(ABS) run sample_data/train --labels $(DEMO)/labels -o $(DEMO)/train --per-image 3 --preview $(DEMO)/composites_preview.png
-	$(ABS) segment sample_data/test -m $(DEMO)/train/segmenter.pt -o $(DEMO)/test/masks --truth sample_data/masks/test
+	$(ABS) segment sample_data/test -m $(DEMO)/train/segmenter.safetensors -o $(DEMO)/test/masks --truth sample_data/masks/test
 	$(ABS) inpaint sample_data/test $(DEMO)/test/masks -o $(DEMO)/test/backgrounds
-	$(ABS) train-classifier sample_data/train -o $(DEMO)/originals.pt
-	$(ABS) train-classifier $(DEMO)/train/composites -o $(DEMO)/composites.pt
-	$(ABS) evaluate sample_data/test $(DEMO_EVAL) -m $(DEMO)/originals.pt -m $(DEMO)/composites.pt \
+	$(ABS) train-classifier sample_data/train -o $(DEMO)/originals.safetensors
+	$(ABS) train-classifier $(DEMO)/train/composites -o $(DEMO)/composites.safetensors
+	$(ABS) evaluate sample_data/test $(DEMO_EVAL) -m $(DEMO)/originals.safetensors -m $(DEMO)/composites.safetensors \
 		--json $(DEMO)/evaluation.json --chart $(DEMO)/evaluation.png --preview $(DEMO)/variants_preview.png
 	@echo
 	@echo "Results in $(DEMO)/:"
-	@echo "  train/        segmenter.pt, masks/, backgrounds/, composites/ (3 per image, manifest.csv)"
+	@echo "  train/        segmenter.safetensors, masks/, backgrounds/, composites/ (3 per image, manifest.csv)"
 	@echo "  test/         masks/ and backgrounds/ of the test images, for evaluate"
-	@echo "  originals.pt, composites.pt   classifiers trained on the originals and on the composites"
+	@echo "  originals.safetensors, composites.safetensors   classifiers trained on the originals and on the composites"
 	@echo "  evaluation.json, evaluation.png   the table above, as JSON and as a bar chart"
 	@echo "  composites_preview.png, variants_preview.png   training composites; test images in the 6 variants"
 

@@ -2,9 +2,8 @@
 
 Not a training framework: it reads an ImageFolder (``compose`` output is one; its
 manifest.csv and autobackswap.json are ignored), trains a ~60k-parameter CNN from
-scratch with flips and shifts, and writes ONE TorchScript file that ``evaluate``
-(or plain ``torch.jit.load``) reads. The file carries its class names and input
-size in the extra file ``autobackswap.json``.
+scratch with flips and shifts, and writes ONE safetensors file that ``evaluate`` reads
+(see model_files). Its description names the architecture, class names and input size.
 
 Input convention, for our models and for any model ``evaluate`` loads: RGB resized
 (squashed) to S x S, scaled to [0, 1], normalised with the ImageNet mean and std.
@@ -12,7 +11,6 @@ Input convention, for our models and for any model ``evaluate`` loads: RGB resiz
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import warnings
@@ -27,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import StepError, build_record, record_interrupted_training, make_progress, read_items, resolve_device, status_of, write_run_record
-from .images import read_image, scan_image_folder, write_bytes_atomic
+from .engine import StepError, build_record, make_progress, record_interrupted_training, read_items, resolve_device, status_of, write_run_record
+from .images import read_image, scan_image_folder
+from .model_files import SAFETENSORS, TORCH_ZIP, deprecated, file_kind, is_torchscript, read_model, read_state_dict, save_model
 from .nets import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalise
 
 META_FILE = "autobackswap.json"
@@ -121,8 +120,9 @@ class Classifier:
 
 
 def load_classifier(path: Path | None = None, arch: str | None = None, weights: Path | None = None, num_classes: int | None = None,
-                    image_size: int | None = None, device: str = "auto") -> Classifier:
-    """A TorchScript file (``train-classifier`` writes one), or a torchvision ``arch`` with a local state dict.
+                    image_size: int | None = None, device: str = "auto", torchscript: bool = False) -> Classifier:
+    """A model file ``train-classifier`` wrote, a torchvision ``arch`` with a local state dict (``weights``), or,
+    with ``torchscript=True`` only, a TorchScript file from another tool.
 
     Weights are never downloaded: ``arch`` is built with random weights and then loaded from ``weights``.
     """
@@ -139,16 +139,53 @@ def load_classifier(path: Path | None = None, arch: str | None = None, weights: 
         path = Path(path)
         if not path.is_file():
             raise StepError(f"model file not found: {path}")
-        extra = {META_FILE: ""}
-        try:
-            with _no_torchscript_deprecation_warning():
-                module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
-        except (RuntimeError, ValueError) as exc:
-            raise StepError(f"{path} is not a TorchScript model (for a state dict use --arch NAME --weights FILE): {str(exc).strip().splitlines()[0]}") from None
-        meta = json.loads(extra[META_FILE]) if extra[META_FILE] else {}
+        module, meta = _read_model_file(path, dev, torchscript)
         source, name = str(path), path.stem
     size = image_size or meta.get("image_size") or DEFAULT_FOREIGN_SIZE
     return Classifier(name=name, source=source, module=module.to(dev).eval(), classes=meta.get("classes"), image_size=int(size), device=dev)
+
+
+def _read_model_file(path: Path, device: torch.device, torchscript: bool) -> tuple[nn.Module, dict]:
+    """The module and description of a classifier file: ours (safetensors; an old TorchScript one with a
+    deprecation note), or a foreign TorchScript file when the user opted in."""
+    kind = file_kind(path)
+    if kind == SAFETENSORS:
+        tensors, meta = read_model(path, "model")
+        if meta.get("format") != MODEL_FORMAT or meta.get("arch") != "small-cnn":
+            raise StepError(f"{path} is not a classifier made by `autobackswap train-classifier` "
+                            f"(its description says {meta.get('format')!r}); for other weights use --arch NAME --weights FILE")
+        module = build_small_cnn(len(meta["classes"]), int(meta["width"]))
+        try:
+            module.load_state_dict(tensors)
+        except RuntimeError as exc:
+            raise StepError(f"{path}: its weights do not fit its description: {str(exc).strip().splitlines()[0]}") from None
+        return module, meta
+    if kind == TORCH_ZIP and is_torchscript(path):
+        ours = _has_our_description(path)
+        if not (ours or torchscript):
+            raise StepError(f"{path} is a TorchScript model from another tool. TorchScript is deprecated by PyTorch and "
+                            f"the file carries code that would run here; to load it anyway, pass it with --torchscript {path}")
+        if ours and not torchscript:
+            deprecated(path)
+        extra = {META_FILE: ""}
+        try:
+            with _no_torchscript_deprecation_warning():
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        except (RuntimeError, ValueError) as exc:
+            raise StepError(f"{path} is a damaged TorchScript file: {str(exc).strip().splitlines()[0]}") from None
+        return module, json.loads(extra[META_FILE]) if extra[META_FILE] else {}
+    if kind == TORCH_ZIP:
+        raise StepError(f"{path} holds weights only (a state dict); name the architecture: --arch NAME --weights {path}")
+    raise StepError(f"{path} is not a model file (train-classifier writes safetensors; a foreign TorchScript model "
+                    f"goes in with --torchscript FILE)")
+
+
+def _has_our_description(path: Path) -> bool:
+    """A TorchScript file made by ``train-classifier`` before 0.2 (it carries ``extra/autobackswap.json``)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return any(name.endswith(f"/extra/{META_FILE}") for name in z.namelist())
 
 
 def _torchvision_model(arch: str, weights: Path, num_classes: int | None) -> nn.Module:
@@ -160,7 +197,7 @@ def _torchvision_model(arch: str, weights: Path, num_classes: int | None) -> nn.
         raise StepError(f"weights file not found: {weights}")
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes or 1000)
     try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.load_state_dict(read_state_dict(weights))
     except (RuntimeError, KeyError, TypeError) as exc:
         raise StepError(f"{weights} does not fit {arch} with {num_classes} classes: {str(exc).strip().splitlines()[0]}") from None
     return model
@@ -232,7 +269,8 @@ def _fit(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, optimiser, 
 
 
 def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, progress: bool = True) -> TrainedClassifier:
-    """Train the small CNN on DATA and write it as TorchScript to ``out_path`` (plus ``out_path.json``, the run record)."""
+    """Train the small CNN on DATA and write it to ``out_path`` as safetensors with its description (plus
+    ``out_path.json``, the run record)."""
     t0 = time.perf_counter()
     device = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
@@ -253,12 +291,9 @@ def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, pr
 
     train_accuracy = _accuracy(model, x_all, y_all, device, 128)
     options = {**asdict(opts), "device_used": str(device)}
-    meta = {"format": MODEL_FORMAT, "classes": classes, "image_size": opts.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+    meta = {"format": MODEL_FORMAT, "format_version": 2, "arch": "small-cnn", "width": opts.width, "classes": classes, "image_size": opts.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
             "data": str(data_dir), "options": options, "train_accuracy": round(train_accuracy, 5)}
-    buffer = io.BytesIO()
-    with _no_torchscript_deprecation_warning():
-        torch.jit.save(torch.jit.script(model.cpu().eval()), buffer, _extra_files={META_FILE: json.dumps(meta)})
-    write_bytes_atomic(out_path, buffer.getvalue())
+    save_model(out_path, model.cpu().state_dict(), meta)
     write_run_record(out_path.with_name(out_path.name + ".json"), build_record(
         "train-classifier", status=status_of(len(failures)), options=options, counts={"images": len(x_all), "failed": len(failures)},
         wall_time_s=time.perf_counter() - t0, failures=failures, model=str(out_path),

@@ -160,7 +160,7 @@ def label_cmd(
     grid: Annotated[Optional[int], typer.Option("--grid", help="Patch grid size P (default 16; --from-csv infers it from the mask length).", min=2)] = None,
     threshold: Annotated[float, typer.Option("--threshold", help="A patch is foreground when its mean mask value is at least this.", min=0.0, max=1.0)] = 0.25,
     export_csv: Annotated[Optional[Path], typer.Option("--export-csv", help="Also write LABELS as the reference masks.csv.")] = None,
-    segmenter: Annotated[Optional[Path], typer.Option("--segmenter", help="Labelling page: pre-fill each grid with this segmenter's prediction (SEGMENTER.pt).", dir_okay=False)] = None,
+    segmenter: Annotated[Optional[Path], typer.Option("--segmenter", help="Labelling page: pre-fill each grid with this segmenter's prediction (SEGMENTER.safetensors).", dir_okay=False)] = None,
     host: Annotated[str, typer.Option("--host", help="Labelling page: address to listen on (127.0.0.1 keeps it on this machine).")] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option("--port", help="Labelling page: port (default 8765, or a free one when taken; 0 = any free one).", min=0, max=65535)] = None,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Labelling page: do not open a browser.")] = False,
@@ -201,7 +201,7 @@ def label_cmd(
 def train_segmenter_cmd(
     data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
     labels: Annotated[Path, typer.Argument(help="LABELS folder (from `autobackswap label`).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint file to write, e.g. segmenter.pt.", dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint file to write, e.g. segmenter.safetensors.", dir_okay=False)],
     backbone: Annotated[str, typer.Option("--backbone", help="small-cnn (offline default), efficientnet_b0, resnet18, resnet50, mobilenet_v3_large.")] = "small-cnn",
     pretrained: Annotated[bool, typer.Option("--pretrained", help="Start from torchvision's ImageNet weights (its cache, or a download).")] = False,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Start from a local torchvision state dict file.", dir_okay=False)] = None,
@@ -383,7 +383,7 @@ def compose_cmd(
 @_handles_errors
 def train_classifier_cmd(
     data: Annotated[Path, typer.Argument(help="Training ImageFolder, e.g. compose's OUT (its manifest.csv is ignored).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="TorchScript file to write, e.g. model.pt (+ model.pt.json: the run record).", dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write, e.g. model.safetensors (+ model.safetensors.json: the run record).", dir_okay=False)],
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.", min=1)] = 50,
     image_size: Annotated[int, typer.Option("--image-size", help="Network input side; images are resized (squashed) to it.", min=16)] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (one-cycle schedule).")] = 1e-2,
@@ -392,7 +392,7 @@ def train_classifier_cmd(
     seed: Seed = 0,
     no_progress: NoProgress = False,
 ) -> None:
-    """Train a small CNN classifier (minutes on a CPU) to check what a dataset teaches; writes one TorchScript file."""
+    """Train a small CNN classifier (minutes on a CPU) to check what a dataset teaches; writes one safetensors file."""
     from .classifier import ClassifierOptions, train_classifier
 
     opts = ClassifierOptions(epochs=epochs, image_size=image_size, lr=lr, batch_size=batch_size, device=device, seed=seed)
@@ -415,9 +415,10 @@ def evaluate_cmd(
     test: Annotated[Path, typer.Argument(help="Test ImageFolder.")],
     masks: Annotated[Path, typer.Option("--masks", help="MASKS of the test images (from `autobackswap segment`, or ground truth).")],
     backgrounds: Annotated[Path, typer.Option("--backgrounds", help="BACKGROUNDS of the test images (from `autobackswap inpaint`).")],
-    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="TorchScript classifier (train-classifier writes one); repeat to compare models.", dir_okay=False)] = None,
+    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Classifier file written by train-classifier; repeat to compare models.", dir_okay=False)] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Or a torchvision model name (e.g. resnet18) ...")] = None,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="... with its state dict file (never downloaded).", dir_okay=False)] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="... with its state dict file: safetensors or torch.save, loaded without running code (never downloaded).", dir_okay=False)] = None,
+    torchscript: Annotated[Optional[list[Path]], typer.Option("--torchscript", help="Or a TorchScript model from another tool (opt-in: TorchScript is deprecated and its files carry code); repeatable.", dir_okay=False)] = None,
     mix_from: Annotated[Optional[Path], typer.Option("--mix-from", help="Backgrounds for the mixed-* variants, by class (default: --backgrounds). On a test set whose backgrounds do not follow its classes, give the training set's.")] = None,
     groups: Annotated[Optional[Path], typer.Option("--groups", help="CSV with image,background columns (image relative to TEST): per-group and worst-group accuracy.", dir_okay=False)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON.", dir_okay=False)] = None,
@@ -432,13 +433,27 @@ def evaluate_cmd(
     """How much a classifier relies on backgrounds: IN-9 variants, BG-Gap, per-group and worst-group accuracy."""
     from .evaluate import EvaluateOptions, ModelSource, evaluate, print_report
 
-    sources = [ModelSource(path=p) for p in model or []] + ([ModelSource(arch=arch, weights=weights)] if arch or weights else [])
+    sources = [ModelSource(path=p) for p in model or []] + [ModelSource(path=p, torchscript=True) for p in torchscript or []]
+    sources += [ModelSource(arch=arch, weights=weights)] if arch or weights else []
     options = EvaluateOptions(masks=masks, backgrounds=backgrounds, mix_from=mix_from, groups=groups, image_size=image_size, device=device,
                               batch_size=batch_size, seed=seed, json_path=json_out, chart=chart, preview=preview)
     evaluation = evaluate(test, sources, options, progress=not no_progress)
     print_report(evaluation)
     if evaluation.failures:
         raise typer.Exit(1)
+
+
+@app.command("convert-model")
+@_handles_errors
+def convert_model_cmd(
+    source: Annotated[Path, typer.Argument(help="An old-style model file: a segmenter saved with torch.save or a TorchScript classifier, from autobackswap before 0.2.", dir_okay=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The safetensors file to write (default: SOURCE with the suffix .safetensors).", dir_okay=False)] = None,
+) -> None:
+    """Rewrite an old model file as safetensors weights with a JSON description (read without pickle)."""
+    from .model_files import convert_model
+
+    target, kind = convert_model(source, out)
+    console.print(f"[green]convert-model[/]: {kind} {source} -> {target}")
 
 
 # ----------------------------------------------------------------- run
@@ -450,7 +465,7 @@ def run_cmd(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="LABELS folder (from `autobackswap label`).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="WORK folder: segmenter.pt, masks/, backgrounds/, composites/ and autobackswap.json (every step's options).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="WORK folder: segmenter.safetensors, masks/, backgrounds/, composites/ and autobackswap.json (every step's options).")],
     config: Annotated[Optional[Path], typer.Option("--config", help="Replay the options of an earlier run: its WORK/autobackswap.json. Options given here override it.", dir_okay=False, exists=True)] = None,
     backbone: Annotated[str, typer.Option("--backbone", help="Segmenter backbone (see train-segmenter).")] = "small-cnn",
     pretrained: Annotated[bool, typer.Option("--pretrained", help="Segmenter starts from torchvision's ImageNet weights.")] = False,

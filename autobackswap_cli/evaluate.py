@@ -47,11 +47,13 @@ PREVIEW_IMAGES = 4
 
 @dataclass
 class ModelSource:
-    """A TorchScript file, or a torchvision architecture name with a local state dict."""
+    """A model file (``train-classifier``'s; with ``torchscript`` a foreign TorchScript file), or a torchvision
+    architecture name with a local state dict."""
 
     path: Path | None = None
     arch: str | None = None
     weights: Path | None = None
+    torchscript: bool = False
 
 
 @dataclass
@@ -131,7 +133,7 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
     make_variants = VariantMaker(options.masks, options.backgrounds, options.mix_from, options.seed)
     groups = read_groups(options.groups, items) if options.groups else None
     classes = sorted({it.cls for it in items})
-    models = [load_classifier(s.path, s.arch, s.weights, len(classes), options.image_size, options.device) for s in sources]
+    models = [load_classifier(s.path, s.arch, s.weights, len(classes), options.image_size, options.device, s.torchscript) for s in sources]
     _name_uniquely(models)
     label_names = {m.name: _label_names(m, classes) for m in models}
 

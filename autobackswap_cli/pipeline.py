@@ -1,6 +1,6 @@
 """``run``: the whole chain — train-segmenter, segment, inpaint, compose — one sub-folder per step.
 
-WORK/segmenter.pt, WORK/masks, WORK/backgrounds, WORK/composites. Each step resumes:
+WORK/segmenter.safetensors, WORK/masks, WORK/backgrounds, WORK/composites. Each step resumes:
 the segmenter is kept when it exists (unless ``overwrite``), the other steps skip
 finished items through the engine, so rerunning after a crash continues where it stopped.
 """
@@ -93,8 +93,12 @@ class PipelineOptions:
 
 
 def work_paths(work: Path) -> dict[str, Path]:
+    """Where ``run`` keeps each step's output in WORK. A WORK folder from before 0.2 keeps its ``segmenter.pt``."""
     work = Path(work)
-    return {"segmenter": work / "segmenter.pt", "masks": work / "masks", "backgrounds": work / "backgrounds", "composites": work / "composites"}
+    segmenter = work / "segmenter.safetensors"
+    if not segmenter.exists() and (work / "segmenter.pt").exists():
+        segmenter = work / "segmenter.pt"
+    return {"segmenter": segmenter, "masks": work / "masks", "backgrounds": work / "backgrounds", "composites": work / "composites"}
 
 
 def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions) -> list[RunReport]:

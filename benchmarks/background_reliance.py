@@ -40,11 +40,11 @@ def measure(seed: int, work: Path, per_image: int) -> dict[str, dict]:
     cli("compose", SAMPLE / "train", SAMPLE / "masks/train", SAMPLE / "backgrounds/train", "-o", oracle, "--per-image", per_image, "--seed", seed)
     data = {"originals": SAMPLE / "train", "pipeline": pipeline / "composites", "oracle": oracle}
     for name, folder in data.items():
-        cli("train-classifier", folder, "-o", work / f"{name}.pt", "--seed", seed)
+        cli("train-classifier", folder, "-o", work / f"{name}.safetensors", "--seed", seed)
     report = work / "evaluation.json"
     cli("evaluate", SAMPLE / "test", "--masks", SAMPLE / "masks/test", "--backgrounds", SAMPLE / "backgrounds/test",
         "--mix-from", SAMPLE / "backgrounds/train", "--groups", SAMPLE / "test_groups.csv", "--seed", seed,
-        *(a for name in CONDITIONS for a in ("-m", work / f"{name}.pt")), "--json", report)
+        *(a for name in CONDITIONS for a in ("-m", work / f"{name}.safetensors")), "--json", report)
     return {m["name"]: m for m in json.loads(report.read_text())["models"]}
 
 

@@ -1,6 +1,6 @@
 """How many clicks and keys one image takes on the labelling page, unassisted and model-assisted.
 
-Run: ``.venv/bin/python benchmarks/label_effort.py [--segmenter SEGMENTER.pt]``. Without
+Run: ``.venv/bin/python benchmarks/label_effort.py [--segmenter SEGMENTER.safetensors]``. Without
 ``--segmenter`` it first trains one on the shipped labels (``train-segmenter
 sample_data/train sample_data/labels``; 20 s to a few minutes on 2 CPU cores).
 
@@ -74,7 +74,7 @@ def main() -> None:
 
     checkpoint = args.segmenter
     if checkpoint is None:
-        checkpoint = Path(tempfile.mkdtemp()) / "segmenter.pt"
+        checkpoint = Path(tempfile.mkdtemp()) / "segmenter.safetensors"
         print(f"training a segmenter on {labels} ...", flush=True)
         subprocess.run([sys.executable, "-m", "autobackswap_cli", "train-segmenter", str(SAMPLE / "train"), str(labels), "-o", str(checkpoint), "--no-progress"], check=True, capture_output=True)
     predict = GridPredictor(checkpoint)

@@ -148,7 +148,7 @@ def run_variant(variant: str, work: Path, seeds: list[int], labels: int, conditi
     if "ours" in conditions:
         ours = work / "ours"
         timings["ours: run (train, segment, inpaint, compose)"] = cli("run", data / "train", "--labels", labels_dir, "-o", ours, "--per-image", PER_IMAGE, "--seed", seeds[0])
-        timings["ours: train-segmenter"] = json.loads((ours / "segmenter.pt.json").read_text())["wall_time_s"]
+        timings["ours: train-segmenter"] = json.loads((ours / "segmenter.safetensors.json").read_text())["wall_time_s"]
         composites["ours"][seeds[0]] = ours / "composites"
         out["ours"] = quality(data, ours / "masks", ours / "backgrounds", ours / "composites", ours / "backgrounds", labelled)
     if "ceiling" in conditions:
@@ -179,7 +179,7 @@ def run_variant(variant: str, work: Path, seeds: list[int], labels: int, conditi
         for name in conditions:
             accs = []
             for seed in seeds[:1] if name == "originals" else seeds:  # the shortcut shows on one seed
-                model = work / f"classifiers/{name}-{seed}.pt"
+                model = work / f"classifiers/{name}-{seed}.safetensors"
                 if not model.is_file():  # a rerun with the same --work resumes
                     cli("train-classifier", composites[name][seed], "-o", model, "--seed", seed, "--epochs", CLASSIFIER_EPOCHS)
                 accs.append(group_accuracy(model, data))

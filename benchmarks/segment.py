@@ -97,7 +97,7 @@ def main() -> None:
         data, truth = tmp / "set" / "train", tmp / "set" / "masks" / "train"
         checkpoint = args.checkpoint
         if checkpoint is None:
-            checkpoint = tmp / "segmenter.pt"
+            checkpoint = tmp / "segmenter.safetensors"
             print("training the default segmenter from sample_data/labels ...", flush=True)
             train_segmenter(REPO / "sample_data/train", REPO / "sample_data/labels", checkpoint, TrainOptions(device="cpu"), progress=False)
         items, _ = prepare_items(data)

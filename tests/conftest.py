@@ -34,7 +34,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from autobackswap_cli.segmenter.model import build_segmenter, save_checkpoint
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_checkpoint(path, build_segmenter("small-cnn", 8), image_size=64, options={}, metrics={})
     return path
 

@@ -23,7 +23,7 @@ def test_inpaint_methods_are_the_registry():
 ])
 def test_a_value_outside_the_choices_is_refused_before_any_work(small_sample, tmp_path, args, shown):
     step, *option = args
-    positional = {"inpaint": [small_sample / "train", small_sample / "masks/train"], "segment": [small_sample / "train", "-m", tmp_path / "s.pt"],
+    positional = {"inpaint": [small_sample / "train", small_sample / "masks/train"], "segment": [small_sample / "train", "-m", tmp_path / "s.safetensors"],
                   "compose": [small_sample / "train", small_sample / "masks/train", small_sample / "backgrounds/train"]}[step]
     result = cli(step, *positional, "-o", tmp_path / "out", *option, expect=2)
     assert "Invalid value" in result.output and shown in result.output

@@ -18,7 +18,7 @@ from autobackswap_cli.images import read_image, scan_image_folder
 from autobackswap_cli.segmenter.model import IMAGENET_MEAN, IMAGENET_STD
 from conftest import SAMPLE_DATA, cli
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is the format users load
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # foreign models come as TorchScript (--torchscript)
 S = SAMPLE_DATA
 GROUND_TRUTH_TEST = ("--masks", S / "masks/test", "--backgrounds", S / "backgrounds/test", "--mix-from", S / "backgrounds/train", "--groups", S / "test_groups.csv")
 
@@ -64,7 +64,7 @@ def _evaluate(test: Path, masks: Path, backgrounds: Path, *extra, expect: int = 
 
 
 def test_a_background_colour_model_scores_high_on_mixed_same_and_chance_on_mixed_rand(colour_model, tmp_path):
-    args = (S / "train", S / "masks/train", S / "backgrounds/train", "-m", colour_model, "--image-size", 32)
+    args = (S / "train", S / "masks/train", S / "backgrounds/train", "--torchscript", colour_model, "--image-size", 32)
     _evaluate(*args, "--json", tmp_path / "a.json", "--chart", tmp_path / "chart.png", "--preview", tmp_path / "preview.png")
     report = json.loads((tmp_path / "a.json").read_text())
     (model,) = report["models"]
@@ -82,7 +82,7 @@ def test_a_background_colour_model_scores_high_on_mixed_same_and_chance_on_mixed
 
 
 def test_per_group_and_worst_group_accuracy_from_the_groups_csv(colour_model, tmp_path):
-    _evaluate(S / "test", S / "masks/test", S / "backgrounds/test", "-m", colour_model, "--image-size", 32,
+    _evaluate(S / "test", S / "masks/test", S / "backgrounds/test", "--torchscript", colour_model, "--image-size", 32,
               "--groups", S / "test_groups.csv", "--json", tmp_path / "r.json")
     (model,) = json.loads((tmp_path / "r.json").read_text())["models"]
     groups = {(g["class"], g["background"]): g for g in model["groups"]}
@@ -99,7 +99,7 @@ def test_class_names_in_the_model_file_map_its_outputs_and_models_are_compared(c
     permuted = MeanColourModel(base.prototypes[order])
     named = _save_script(permuted, tmp_path / "named" / "colour.pt", {"classes": [["cross", "disc", "triangle"][i] for i in order], "image_size": 32})
     result = _evaluate(small_sample / "test", small_sample / "masks/test", small_sample / "backgrounds/test",
-                       "-m", colour_model, "-m", named, "--image-size", 32, "--json", tmp_path / "r.json")
+                       "--torchscript", colour_model, "--torchscript", named, "--image-size", 32, "--json", tmp_path / "r.json")
     first, second = json.loads((tmp_path / "r.json").read_text())["models"]
     assert first["accuracy"] == second["accuracy"]
     assert (first["name"], second["name"]) == ("colour", "colour-2")
@@ -125,34 +125,36 @@ def test_torchvision_arch_with_a_local_state_dict(small_sample, tmp_path):
 
 def test_bad_inputs_are_named_and_one_missing_mask_fails_only_that_image(colour_model, small_sample, tmp_path):
     test, backgrounds = small_sample / "test", small_sample / "backgrounds/test"
-    missing = _evaluate(test, tmp_path / "nope", backgrounds, "-m", colour_model, expect=2)
+    missing = _evaluate(test, tmp_path / "nope", backgrounds, "--torchscript", colour_model, expect=2)
     assert "masks folder not found" in missing.output
     masks = tmp_path / "masks"
     shutil.copytree(small_sample / "masks/test", masks)
     (masks / "disc" / "disc_grass_000.png").unlink()
-    result = _evaluate(test, masks, backgrounds, "-m", colour_model, "--json", tmp_path / "r.json", expect=1)
+    result = _evaluate(test, masks, backgrounds, "--torchscript", colour_model, "--json", tmp_path / "r.json", expect=1)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["images"] == {"total": 18, "evaluated": 17, "failed": 1}
     assert report["failures"][0]["item"] == "disc/disc_grass_000.jpg" and "no mask" in report["failures"][0]["reason"]
     assert "disc/disc_grass_000.jpg" in result.output
     state_dict = tmp_path / "state.pt"
     torch.save({"w": torch.zeros(1)}, state_dict)
-    assert "not a TorchScript model" in _evaluate(test, masks, backgrounds, "-m", state_dict, expect=2).output
+    assert "holds weights only" in _evaluate(test, masks, backgrounds, "-m", state_dict, expect=2).output
+    refused = " ".join(_evaluate(test, masks, backgrounds, "-m", colour_model, expect=2).output.split())
+    assert "TorchScript model from another tool" in refused and f"--torchscript {colour_model}" in refused  # opt-in only
     assert "needs --arch" in _evaluate(test, masks, backgrounds, "--weights", state_dict, expect=2).output
     five_classes = _save_script(MeanColourModel(torch.rand(5, 3)), tmp_path / "five.pt")
-    assert "scores 5 classes" in " ".join(_evaluate(test, masks, backgrounds, "-m", five_classes, expect=2).output.split())
+    assert "scores 5 classes" in " ".join(_evaluate(test, masks, backgrounds, "--torchscript", five_classes, expect=2).output.split())
     assert "at least one model" in _evaluate(test, masks, backgrounds, expect=2).output
     (tmp_path / "groups.csv").write_text("file,colour\n")
-    assert "needs the columns" in _evaluate(test, masks, backgrounds, "-m", colour_model, "--groups", tmp_path / "groups.csv", expect=2).output
+    assert "needs the columns" in _evaluate(test, masks, backgrounds, "--torchscript", colour_model, "--groups", tmp_path / "groups.csv", expect=2).output
 
 
 def test_composites_cure_the_background_shortcut_on_sample_data(tmp_path):
     """100% correlated training set: the originals teach the background, the (oracle) composites the shape."""
     cli("compose", S / "train", S / "masks/train", S / "backgrounds/train", "-o", tmp_path / "composites", "--per-image", 3, "--no-progress")
-    cli("train-classifier", S / "train", "-o", tmp_path / "originals.pt", "--no-progress")
-    trained = cli("train-classifier", tmp_path / "composites", "-o", tmp_path / "composites.pt", "--no-progress")
+    cli("train-classifier", S / "train", "-o", tmp_path / "originals.safetensors", "--no-progress")
+    trained = cli("train-classifier", tmp_path / "composites", "-o", tmp_path / "composites.safetensors", "--no-progress")
     assert "540 images of 3 classes" in " ".join(trained.output.split())  # manifest.csv and autobackswap.json ignored
-    cli("evaluate", S / "test", *GROUND_TRUTH_TEST, "-m", tmp_path / "originals.pt", "-m", tmp_path / "composites.pt",
+    cli("evaluate", S / "test", *GROUND_TRUTH_TEST, "-m", tmp_path / "originals.safetensors", "-m", tmp_path / "composites.safetensors",
         "--json", tmp_path / "r.json", "--no-progress")
     originals, composites = json.loads((tmp_path / "r.json").read_text())["models"]
     assert originals["worst_group"]["accuracy"] <= 0.5 <= 0.8 <= composites["worst_group"]["accuracy"]

@@ -164,7 +164,7 @@ def test_sigterm_ends_inpaint_and_compose_cleanly(big_set, tmp_path, step):
 
 @pytest.mark.parametrize("trainer", ["train-segmenter", "train-classifier"])
 def test_sigterm_ends_a_trainer_with_a_record_and_no_half_trained_model(small_sample, tmp_path, trainer):
-    model = tmp_path / "model.pt"
+    model = tmp_path / "model.safetensors"
     if trainer == "train-segmenter":
         args = (trainer, small_sample / "train", small_sample / "labels", "-o", model, "--epochs", "5000", "--patience", "5000")
     else:
@@ -176,7 +176,7 @@ def test_sigterm_ends_a_trainer_with_a_record_and_no_half_trained_model(small_sa
     assert code == 143, err
     assert "no model was saved" in " ".join(err.split())
     assert not model.exists()
-    record = json.loads((tmp_path / "model.pt.json").read_text())
+    record = json.loads((tmp_path / "model.safetensors.json").read_text())
     assert record["step"] == trainer and record["status"] == "interrupted" and record["model"] is None
 
 

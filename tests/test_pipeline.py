@@ -18,7 +18,7 @@ def test_run_chains_all_steps_and_resumes(small_sample, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
     for sub in ("masks", "backgrounds", "composites"):
         assert run_record(work / sub)["counts"]["done"] == 24
-    assert (work / "segmenter.pt").exists() and len(_manifest(work / "composites")) == 24
+    assert (work / "segmenter.safetensors").exists() and len(_manifest(work / "composites")) == 24
     result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", work, "--no-progress", "--workers", "1")
     assert "exists, kept" in " ".join(result.output.split())
     assert run_record(work / "composites")["counts"]["skipped"] == 24
@@ -27,7 +27,7 @@ def test_run_chains_all_steps_and_resumes(small_sample, tmp_path):
 def test_run_with_shards_wants_the_segmenter_trained_first(small_sample, tmp_path):
     result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", tmp_path / "work", "--shard", "1/2", "--no-progress", expect=2)
     assert "train the segmenter once" in " ".join(result.output.split())
-    assert not (tmp_path / "work" / "segmenter.pt").exists()
+    assert not (tmp_path / "work" / "segmenter.safetensors").exists()
 
 
 def test_config_replays_a_runs_options_and_the_command_line_overrides_them(small_sample, tmp_path):

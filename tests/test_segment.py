@@ -147,7 +147,7 @@ def test_missing_device_is_an_error_not_a_fallback(small_sample, tiny_checkpoint
 def test_masks_do_not_depend_on_batch_size_or_shards(tmp_path):
     """The README's promise. Before the model ran in fixed chunks, 10 of these 180 masks changed by a grey
     level between --batch-size 7 and 32 (kernels sum in another order for another batch size)."""
-    ckpt = tmp_path / "seg.pt"
+    ckpt = tmp_path / "seg.safetensors"
     cli("train-segmenter", SAMPLE_DATA / "train", SAMPLE_DATA / "labels", "-o", ckpt, "--no-progress")
     runs = {"b7": ("--batch-size", "7"), "b32": ("--batch-size", "32")}
     for name, extra in runs.items():

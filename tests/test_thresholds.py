@@ -50,7 +50,7 @@ def _checkpoint_with_thresholds(path, loose, tight):
 
 
 def test_thresholds_travel_from_checkpoint_through_masks_to_inpaint_and_compose(small_sample, tmp_path):
-    ckpt = tmp_path / "seg.pt"
+    ckpt = tmp_path / "seg.safetensors"
     _checkpoint_with_thresholds(ckpt, loose=0.35, tight=0.65)
     data, masks = small_sample / "train", tmp_path / "masks"
     cli("segment", data, "-m", ckpt, "-o", masks, "--no-progress")
@@ -93,10 +93,10 @@ def test_masks_without_a_record_use_the_papers_thresholds(small_sample, tmp_path
 
 
 def test_train_segmenter_stores_and_reports_its_thresholds(small_sample, tmp_path):
-    ckpt = tmp_path / "seg.pt"
+    ckpt = tmp_path / "seg.safetensors"
     result = cli("train-segmenter", small_sample / "train", small_sample / "labels", "-o", ckpt, "--epochs", "3", "--no-progress")
     assert "thresholds chosen on the validation labels" in result.output
-    sidecar = json.loads((tmp_path / "seg.pt.json").read_text())
+    sidecar = json.loads((tmp_path / "seg.safetensors.json").read_text())
     calibration = sidecar["metrics"]["calibration"]
     assert set(calibration) == {"none", "guided", "grabcut"}
     from autobackswap_cli.segmenter.model import read_checkpoint

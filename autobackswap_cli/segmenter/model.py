@@ -10,7 +10,6 @@ local state dict.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import StepError
+from ..model_files import SAFETENSORS, TORCH_ZIP, file_kind, is_torchscript, read_legacy_checkpoint, read_model, read_state_dict, save_model
 from ..nets import IMAGENET_MEAN, IMAGENET_STD
 
 CHECKPOINT_FORMAT = "autobackswap-segmenter"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: safetensors + JSON description; 1: torch.save (still read)
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def build_segmenter(backbone: str, grid: int, pretrained: bool = False, weights:
     if pretrained or weights:
         if spec.torchvision_name is None and pretrained:
             raise StepError(f"backbone {backbone} has no pretrained weights; it is trained from scratch")
-        state = _load_state_dict(weights) if weights else _torchvision_state_dict(spec)
+        state = read_state_dict(weights) if weights else _torchvision_state_dict(spec)
         missing, unexpected = full.load_state_dict(state, strict=False)
         matched = len(full.state_dict()) - len(missing)
         if matched < 0.9 * len(full.state_dict()):
@@ -145,21 +145,6 @@ def build_segmenter(backbone: str, grid: int, pretrained: bool = False, weights:
                 f"(e.g. {', '.join(list(missing)[:3])}); {len(unexpected)} unexpected"
             )
     return PatchSegmenter(backbone, grid, features=spec.truncate(full))
-
-
-def _load_state_dict(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise StepError(f"--weights: file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise StepError(f"--weights: cannot read {path} as a PyTorch state dict: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise StepError(f"--weights: {path} does not hold a state dict")
-    return state
 
 
 def _torchvision_state_dict(spec: Backbone) -> dict:
@@ -181,11 +166,11 @@ def _torchvision_state_dict(spec: Backbone) -> dict:
 
 
 def save_checkpoint(path: Path, model: PatchSegmenter, image_size: int, options: dict, metrics: dict, extra: dict | None = None) -> None:
-    """One file with everything ``segment`` needs (written atomically)."""
+    """One safetensors file with everything ``segment`` needs: the weights, and a JSON description (backbone,
+    grid, input size and normalisation, thresholds, how it was trained). Written atomically."""
     from .. import __version__
-    from ..images import write_bytes_atomic
 
-    payload = {
+    description = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "package_version": __version__,
@@ -196,23 +181,25 @@ def save_checkpoint(path: Path, model: PatchSegmenter, image_size: int, options:
         "std": IMAGENET_STD,
         "options": options,
         "metrics": metrics,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **(extra or {}),
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    write_bytes_atomic(path, buf.getvalue())
+    save_model(path, model.state_dict(), description)
 
 
 def read_checkpoint(path: Path) -> dict:
-    """Load and check a segmenter checkpoint's contents (weights stay on the CPU)."""
+    """A segmenter file's description plus its weights under ``state_dict`` (on the CPU). Old ``torch.save``
+    checkpoints still load (weights only, with a deprecation note)."""
     path = Path(path)
     if not path.is_file():
-        raise StepError(f"segmenter checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise StepError(f"cannot read segmenter checkpoint {path}: {exc}") from exc
+        raise StepError(f"segmenter not found: {path}")
+    kind = file_kind(path)
+    if kind == SAFETENSORS:
+        tensors, ckpt = read_model(path, "segmenter")
+        ckpt["state_dict"] = tensors
+    elif kind == TORCH_ZIP and not is_torchscript(path):
+        ckpt = read_legacy_checkpoint(path, "segmenter")
+    else:
+        ckpt = None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise StepError(f"{path} is not an autobackswap segmenter (made by `autobackswap train-segmenter`)")
     if ckpt.get("backbone") not in BACKBONES:
@@ -224,7 +211,11 @@ def load_segmenter(path: Path) -> tuple[PatchSegmenter, dict]:
     """(model in eval mode on the CPU, checkpoint metadata without the weights)."""
     ckpt = read_checkpoint(path)
     model = PatchSegmenter(ckpt["backbone"], int(ckpt["grid"]))
-    model.load_state_dict(ckpt.pop("state_dict"))
+    try:
+        model.load_state_dict(ckpt.pop("state_dict"))
+    except RuntimeError as exc:
+        raise StepError(f"{path}: its weights do not fit a {ckpt['backbone']} segmenter with a {ckpt['grid']}x{ckpt['grid']} "
+                        f"grid: {str(exc).strip().splitlines()[0]}") from None
     model.eval()
     return model, ckpt
 

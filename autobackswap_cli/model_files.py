@@ -1,0 +1,147 @@
+"""Model files: safetensors weights with a JSON description, read without pickle. ONE room for every model file
+the package writes or reads (segmenters, classifiers, ``--weights`` state dicts).
+
+A model file is a plain safetensors file. Its header's ``__metadata__["autobackswap"]`` holds the description as
+JSON: ``format`` (what kind of model), the architecture, classes, preprocessing (input size, mean, std) and how it
+was trained. Loading builds the architecture from the description and copies the tensors in; no code in the file
+ever runs. ``safetensors`` (Hugging Face) reads it from any language.
+
+Older files still load, with a deprecation note: ``torch.save`` checkpoints (read with torch's weights-only
+unpickler, which refuses code) and TorchScript classifiers made by ``train-classifier`` before 0.2.
+``autobackswap convert-model OLD`` rewrites one as a safetensors file.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .engine import StepError, console
+from .images import write_bytes_atomic
+
+METADATA_KEY = "autobackswap"
+SAFETENSORS, TORCH_ZIP, UNKNOWN = "safetensors", "torch zip", "unknown"
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def save_model(path: Path, state_dict: dict, description: dict) -> None:
+    """Write ``state_dict`` (tensors) and ``description`` (JSON-able) as one safetensors file, atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    write_bytes_atomic(Path(path), save(tensors, metadata={METADATA_KEY: json.dumps(description, default=str)}))
+
+
+def file_kind(path: Path) -> str:
+    """``safetensors``, ``torch zip`` (``torch.save`` or TorchScript) or ``unknown``, from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return TORCH_ZIP
+    if len(head) == 9 and 0 < struct.unpack("<Q", head[:8])[0] <= _MAX_HEADER and head[8:9] == b"{":
+        return SAFETENSORS
+    return UNKNOWN
+
+
+def read_model(path: Path, what: str) -> tuple[dict, dict]:
+    """The tensors (on the CPU) and the description of a safetensors model file; ``what`` names the model in
+    errors. Every problem is a ``StepError`` naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = _existing(path, what)
+    try:
+        data = path.read_bytes()
+        tensors = load(data)
+        header_len = struct.unpack("<Q", data[:8])[0]
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+        description = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
+    except (SafetensorError, ValueError, KeyError, struct.error, OSError) as exc:
+        raise StepError(f"{what} {path} is damaged or not a safetensors file: {_first_line(exc)}") from None
+    return tensors, description
+
+
+def read_state_dict(path: Path, what: str = "--weights") -> dict:
+    """A plain state dict from a safetensors file or a ``torch.save`` file (weights-only: no code runs); a
+    ``{"state_dict": ...}`` wrapper is unwrapped. For ``--weights`` files made by other tools."""
+    path = _existing(path, what)
+    kind = file_kind(path)
+    if kind == SAFETENSORS:
+        return read_model(path, what)[0]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise StepError(f"{what} {path} is not a safetensors or PyTorch weights file: {_first_line(exc)}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StepError(f"{what} {path} does not hold a state dict (names -> tensors)")
+    return state
+
+
+def read_legacy_checkpoint(path: Path, what: str) -> dict:
+    """A pre-0.2 ``torch.save`` checkpoint (a dict), read with the weights-only unpickler, with a deprecation note."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise StepError(f"{what} {path} is damaged or not a model file: {_first_line(exc)}") from None
+    deprecated(path)
+    return ckpt
+
+
+def deprecated(path: Path) -> None:
+    console.print(f"[yellow]note:[/] {path} is an old-style model file (pickle/TorchScript); it still loads, but a later "
+                  f"version will stop reading it. Convert it once: autobackswap convert-model {path}")
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (a zip with ``code/``), told apart from a ``torch.save`` zip without loading it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _existing(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise StepError(f"{what} not found: {path}")
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def convert_model(source: Path, target: Path | None = None) -> tuple[Path, str]:
+    """Rewrite an old-style segmenter (``torch.save``) or classifier (TorchScript from ``train-classifier``) as a
+    safetensors model file; ``target`` defaults to SOURCE with the suffix ``.safetensors``. Returns (target, kind)."""
+    source = _existing(source, "model file")
+    target = Path(target) if target else source.with_suffix(".safetensors")
+    if target.resolve() == source.resolve():
+        raise StepError(f"convert-model would overwrite {source} with itself; give another output with -o")
+    if file_kind(source) == SAFETENSORS:
+        raise StepError(f"{source} is already a safetensors model file")
+    if is_torchscript(source):
+        from .classifier import MODEL_FORMAT, load_classifier
+
+        model = load_classifier(source, device="cpu", torchscript=True)
+        state = {k: v for k, v in model.module.state_dict().items()}
+        if not model.classes or "0.weight" not in state:
+            raise StepError(f"{source} is not a classifier made by `autobackswap train-classifier`; nothing to convert")
+        description = {"format": MODEL_FORMAT, "format_version": 2, "arch": "small-cnn", "width": int(state["0.weight"].shape[0]),
+                       "classes": model.classes, "image_size": model.image_size, "converted_from": str(source)}
+        save_model(target, state, description)
+        return target, "classifier"
+    from .segmenter.model import load_segmenter, save_checkpoint
+
+    model, meta = load_segmenter(source)
+    save_checkpoint(target, model, int(meta["image_size"]), meta.get("options", {}), meta.get("metrics", {}),
+                    extra={k: v for k, v in meta.items() if k in ("labels", "val_items", "thresholds")} | {"converted_from": str(source)})
+    return target, "segmenter"
