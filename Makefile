@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO ?= demo_work
 ABS := $(BIN)/autobackswap
 
-.PHONY: install demo test browser bench bench-real sample-data clean
+.PHONY: install demo test browser bench bench-real sample-data clean gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,3 +71,24 @@ sample-data: $(STAMP)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
+
+## gpu-check: on a GPU machine where torch is already installed (no downloads; about 5 minutes on one GPU). Installs
+## this package without dependencies, runs the `cuda` tests (each step on the GPU against the CPU) and prints
+## GPU-vs-CPU images/s (benchmarks/gpu.py). Packages missing there travel as wheels in .whl/ (make gpu-wheels).
+GPU_PYTHON ?= python3
+gpu-check:
+	set -e; \
+	if ls .whl/*.whl >/dev/null 2>&1; then \
+		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/abs-wheels .whl/*.whl; fi; \
+	export PYTHONPATH=/tmp/abs-wheels$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1; \
+	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation --no-index -e .; \
+	$(GPU_PYTHON) -c "import torch; assert torch.cuda.is_available(), 'no CUDA device here'; print('GPU:', torch.cuda.get_device_name(0))"; \
+	$(GPU_PYTHON) -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider; \
+	$(GPU_PYTHON) benchmarks/gpu.py
+
+## gpu-wheels: the wheels gpu-check needs on a bare CUDA image (diffusers and what it needs beyond torch), for
+## Python $(GPU_PYVER), downloaded into .whl/ here (pip access needed) and carried to the GPU machine.
+GPU_PYVER ?= 3.12
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYVER) --implementation cp \
+		--platform manylinux2014_x86_64 -d .whl diffusers==$$($(BIN)/python -c "import diffusers; print(diffusers.__version__)") importlib_metadata

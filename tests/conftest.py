@@ -39,6 +39,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """A random-weight diffusers inpainting pipeline folder (see tiny_models.py)."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from tiny_models import build_tiny_inpaint_pipeline
+
+    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("tiny_pipeline"))
+
+
 def cli(*args: str, expect: int | None = 0):
     """Run the CLI in-process; assert the exit code when ``expect`` is given."""
     result = CliRunner().invoke(app, [str(a) for a in args])
