@@ -43,6 +43,7 @@ ShardOpt = Annotated[
     Optional[str],
     typer.Option("--shard", help="Process only shard K of N (0-based, e.g. 0/4). Default: from torchrun RANK/WORLD_SIZE or a SLURM array, else all."),
 ]
+FilesFrom = Annotated[Optional[Path], typer.Option("--files-from", help="Take the images from this list (one path per line, relative to DATA) instead of scanning DATA: for datasets too big to scan.", dir_okay=False)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo items whose outputs already exist (default: skip them).")]
 FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed item instead of listing failures at the end.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps. A device that is not there is an error.")]
@@ -250,11 +251,13 @@ def segment_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="MASKS folder: <class>/<name>.png, value = P(foreground) * 255.")],
     refine: RefineOpt = Refine.guided,
     truth: Annotated[Optional[Path], typer.Option("--truth", help="Ground-truth masks mirroring DATA: print and record the IoU against them.")] = None,
-    device: Device = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda (every visible GPU, one model each), cuda:N, cuda:0,1,... or mps. Under torchrun / a multi-task SLURM step: the GPU of the local rank.")] = "auto",
+    gpus: Annotated[Optional[int], typer.Option("--gpus", help="With --device cuda: use the first N GPUs (default: all visible).", min=1)] = None,
     precision: PrecisionOpt = Precision.auto,
     workers: Workers = default_workers(),
     batch_size: BatchSize = 32,
     shard: ShardOpt = None,
+    files_from: FilesFrom = None,
     overwrite: Overwrite = False,
     fail_fast: FailFastOpt = False,
     preview: Preview = None,
@@ -264,8 +267,9 @@ def segment_cmd(
     from .engine import prepare_items, run_step
     from .segmenter.predict import SegmentOptions, SegmentStep
 
-    items, warnings = prepare_items(data, out, other_inputs=[truth])
-    step = SegmentStep(segmenter, out, SegmentOptions(device=device, refine=refine.value, precision=precision.value, preview=str(preview) if preview else None, truth=str(truth) if truth else None))
+    items, warnings = prepare_items(data, out, other_inputs=[truth], files_from=files_from)
+    step = SegmentStep(segmenter, out, SegmentOptions(device=device, gpus=gpus, refine=refine.value, precision=precision.value,
+                                                      preview=str(preview) if preview else None, truth=str(truth) if truth else None))
     _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress), warnings))
 
 
@@ -297,6 +301,7 @@ def inpaint_cmd(
     workers: Workers = default_workers(),
     batch_size: BatchSize = 4,
     shard: ShardOpt = None,
+    files_from: FilesFrom = None,
     overwrite: Overwrite = False,
     fail_fast: FailFastOpt = False,
     preview: Preview = None,
@@ -312,7 +317,7 @@ def inpaint_cmd(
         method=method.value, model=model, prompt=prompt or defaults.prompt, negative_prompt=negative_prompt if negative_prompt is not None else defaults.negative_prompt,
         steps=steps, guidance=guidance, resolution=resolution, radius=radius, texture=texture_strength(texture), seed=seed, device=device, precision=precision.value,
     )
-    items, warnings = prepare_items(data, out, other_inputs=[masks])
+    items, warnings = prepare_items(data, out, other_inputs=[masks], files_from=files_from)
     step = InpaintStep(masks, out, options, FillRegion(loose=loose, dilate=dilate), out_format=out_format.value, quality=quality, preview=str(preview) if preview else None)
     _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress), warnings))
 
@@ -353,6 +358,7 @@ def compose_cmd(
     seed: Seed = 0,
     workers: Workers = default_workers(),
     shard: ShardOpt = None,
+    files_from: FilesFrom = None,
     overwrite: Overwrite = False,
     fail_fast: FailFastOpt = False,
     preview: Preview = None,
@@ -371,7 +377,7 @@ def compose_cmd(
         include_originals=include_originals, out_format=out_format.value, quality=quality, seed=seed,
     )
     run_options = _run_options(workers, 1, shard, overwrite, fail_fast, no_progress)
-    items, warnings = prepare_items(data, out, other_inputs=[masks, backgrounds])
+    items, warnings = prepare_items(data, out, other_inputs=[masks, backgrounds], files_from=files_from)
     step = ComposeStep(masks, backgrounds, out, options, preview=str(preview) if preview else None)
     _finish(run_step(step, items, run_options, warnings))
 

@@ -128,6 +128,32 @@ def scan_image_folder(root: Path | str, exclude: Sequence[Path | str] = ()) -> F
     return FolderScan(items=items, classes=classes, empty_classes=empty, skipped_files=skipped)
 
 
+def items_from_list(root: Path | str, list_file: Path | str) -> FolderScan:
+    """The images named in ``list_file`` (one path per line, relative to ``root`` or absolute inside it; blank
+    lines and ``#`` comments skipped), in the same sorted order a scan gives, without touching the files: for
+    datasets too big to scan. A listed file that is missing fails as its item, like an unreadable one."""
+    root = Path(root)
+    prefix = str(root.resolve()) + os.sep
+    rels, skipped = set(), []
+    with open(list_file, encoding="utf-8") as lines:
+        for line in lines:
+            name = line.strip()
+            if not name or name.startswith("#"):
+                continue
+            if os.path.isabs(name):
+                if not name.startswith(prefix):
+                    skipped.append(name)
+                    continue
+                name = name[len(prefix):]
+            rel = PurePosixPath(name.replace(os.sep, "/"))
+            if len(rel.parts) < 2 or ".." in rel.parts or not is_image_file(rel) or any(p.startswith(".") for p in rel.parts):
+                skipped.append(name)
+                continue
+            rels.add(rel)
+    items = [ImageItem(rel, root) for rel in sorted(rels)]
+    return FolderScan(items=items, classes=sorted({it.rel.parts[0] for it in items}), empty_classes=[], skipped_files=skipped)
+
+
 def bounding_box(mask: np.ndarray, pad: int = 0, relative_pad: float = 0.0) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1): the box around a 2-D mask's non-zero pixels, grown on every side by
     ``pad`` px or ``relative_pad`` x the box's larger side, whichever is more, and kept inside

@@ -244,3 +244,58 @@ def test_a_file_given_as_the_output_folder_is_a_clear_error(tmp_path):
     (tmp_path / "out").write_text("a file")
     with pytest.raises(StepError, match="is a file, not a folder"):
         run_step(InvertStep(tmp_path / "out", False), items, RunOptions(workers=0, progress=False))
+
+
+# ----------------------------------------------------------------------------------------- devices
+
+
+@pytest.fixture
+def four_gpus(monkeypatch):
+    """A machine that says it has 4 CUDA devices (the assignment logic only; nothing runs on them)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    for name in ("LOCAL_RANK", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_plain_cuda_uses_every_gpu_and_gpus_or_a_list_narrows_it(four_gpus):
+    from autobackswap_cli.engine import resolve_devices
+
+    assert [str(d) for d in resolve_devices("cuda")] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert [str(d) for d in resolve_devices("auto")] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert [str(d) for d in resolve_devices("cuda", gpus=2)] == ["cuda:0", "cuda:1"]
+    assert [str(d) for d in resolve_devices("cuda:1,3")] == ["cuda:1", "cuda:3"]
+    assert [str(d) for d in resolve_devices("cuda:2")] == ["cuda:2"]
+    assert [str(d) for d in resolve_devices("cpu")] == ["cpu"]
+    for bad, message in (("cuda:7", "only 4 CUDA"), ("cuda:1,1", "listed twice"), ("cuda:0,9", "only 4 CUDA")):
+        with pytest.raises(StepError, match=message):
+            resolve_devices(bad)
+    with pytest.raises(StepError, match="--gpus 5: only 4"):
+        resolve_devices("cuda", gpus=5)
+
+
+@pytest.mark.parametrize("env, gpu", [
+    ({"LOCAL_RANK": "2"}, "cuda:2"),  # torchrun --nproc-per-node 4
+    ({"LOCAL_RANK": "5"}, "cuda:1"),  # more ranks than GPUs: shared round-robin
+    ({"SLURM_LOCALID": "3", "SLURM_NTASKS": "8"}, "cuda:3"),  # srun --ntasks-per-node 4
+    ({"SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "2"}, "cuda:1"),
+])
+def test_a_launched_rank_takes_the_gpu_of_its_local_rank(four_gpus, env, gpu):
+    from autobackswap_cli.engine import resolve_device, resolve_devices
+
+    for name, value in env.items():
+        four_gpus.setenv(name, value)
+    assert str(resolve_device("cuda")) == gpu and str(resolve_device("auto")) == gpu
+    assert [str(d) for d in resolve_devices("cuda")] == [gpu]  # one replica: the other ranks have the other GPUs
+    assert str(resolve_device("cuda:0")) == "cuda:0"  # an explicit GPU is obeyed
+
+
+def test_a_one_task_slurm_job_keeps_every_gpu(four_gpus):
+    from autobackswap_cli.engine import resolve_devices
+
+    four_gpus.setenv("SLURM_LOCALID", "0")
+    four_gpus.setenv("SLURM_NTASKS", "1")
+    assert len(resolve_devices("cuda")) == 4

@@ -167,3 +167,28 @@ def test_masks_do_not_depend_on_batch_size_or_shards(tmp_path):
         assert np.array_equal(predictor(inputs), np.concatenate([predictor([x]) for x in inputs]))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_replicas_on_several_devices_write_the_bytes_of_one_device(tmp_path, tiny_checkpoint, monkeypatch):
+    """Several GPUs run one model replica each, side by side; shown here with two CPU replicas."""
+    import torch
+
+    from autobackswap_cli.engine import RunOptions, prepare_items, run_step
+    from autobackswap_cli.segmenter import predict
+    from autobackswap_cli.segmenter.predict import SegmentOptions, SegmentStep
+
+    data = _big_set(tmp_path / "big")
+    items, _ = prepare_items(data)
+    options = RunOptions(workers=2, batch_size=8, progress=False)
+    run_step(SegmentStep(tiny_checkpoint, tmp_path / "one", SegmentOptions(device="cpu")), items, options)
+    monkeypatch.setattr(predict, "resolve_devices", lambda name, gpus=None: [torch.device("cpu"), torch.device("cpu")])
+    step = SegmentStep(tiny_checkpoint, tmp_path / "two", SegmentOptions(device="cpu"))
+    computed_by = []
+    real_call = predict.PatchPredictor.__call__
+    monkeypatch.setattr(predict.PatchPredictor, "__call__", lambda self, inputs: computed_by.append(id(self)) or real_call(self, inputs))
+    report = run_step(step, items, options)
+    assert report.done == len(items) and len(set(computed_by)) == 2  # both replicas computed batches
+    assert run_record(tmp_path / "two")["options"]["device"] == "cpu,cpu"
+    one, two = sorted((tmp_path / "one").rglob("*.png")), sorted((tmp_path / "two").rglob("*.png"))
+    assert len(one) == len(items) and [p.relative_to(tmp_path / "one") for p in one] == [p.relative_to(tmp_path / "two") for p in two]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))

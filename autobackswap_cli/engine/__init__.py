@@ -20,7 +20,7 @@ Steps never copy the loop: they subclass ``Step`` and call ``run_step``.
 
 from .errors import FailFast, StepError, failure_reason
 from .loop import RunReport, run_step
-from .options import (PRECISIONS, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device,
+from .options import (PRECISIONS, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device, resolve_devices,
                       resolve_precision, resolve_shard, shard_from_env)
 from .progress import console, make_progress, print_summary
 from .record import (PAPER_THRESHOLDS, RUN_RECORD, build_record, mask_threshold, record_interrupted_training, record_path, status_of,
@@ -31,7 +31,7 @@ from .step import Step
 
 __all__ = [
     "FailFast", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "RunOptions", "Shard",
-    "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_precision", "resolve_shard",
+    "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_devices", "resolve_precision", "resolve_shard",
     "shard_from_env", "console", "make_progress", "print_summary", "PAPER_THRESHOLDS", "RUN_RECORD", "build_record",
     "mask_threshold", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "read_items", "Step",
 ]

@@ -8,8 +8,10 @@ writes the run record once, however the run ends.
 
 from __future__ import annotations
 
+import queue
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -156,14 +158,15 @@ class _Drive:
         self.task = self.progress.add_task(self.step.name, total=len(todo), status=status_text(self.report))
         if not todo:
             return
-        self.step.setup()
+        computers = _Computers(self.step.replicas() if self.step.compute is not None else [self.step])
         torch_threads = share_cores_with_workers(self.workers)
         try:
             if self.step.compute is None:
                 self._run_per_item(todo)
             else:
-                self._run_batched(todo)
+                self._run_batched(todo, computers)
         finally:
+            computers.close()
             restore_torch_threads(torch_threads)
 
     def _finished(self, item: ImageItem, ok: bool, value: Any) -> None:
@@ -197,8 +200,8 @@ class _Drive:
             self._submitted(source, work_process_and_write, pending)
             self._finished(item, ok, value)
 
-    def _run_batched(self, todo: list[ImageItem]) -> None:
-        source, pending, writes, batch = iter(todo), deque(), deque(), []
+    def _run_batched(self, todo: list[ImageItem], computers: _Computers) -> None:
+        source, pending, computing, writes, batch = iter(todo), deque(), deque(), deque(), []
         self._submitted(source, work_prepare, pending)
         while pending:
             item, fut = pending.popleft()
@@ -209,18 +212,24 @@ class _Drive:
             else:
                 self._finished(item, False, value)
             if len(batch) >= self.options.batch_size or not pending:
-                self._compute_and_write(batch, writes)
+                if batch:
+                    computing.append(computers.submit(batch))
                 batch = []
-        self._compute_and_write(batch, writes)
+                self._computed(computing, writes, computers.parallel - 1)
+        if batch:
+            computing.append(computers.submit(batch))
+        self._computed(computing, writes, 0)
         self._drain(writes, 0)
 
-    def _compute_and_write(self, batch: list, writes: deque) -> None:
-        for item, ok, result in _compute_batch(self.step, batch):
-            if ok:
-                writes.append((item, self.executor.submit(work_write, self.step_arg, item, result)))
-            else:
-                self._finished(item, False, result)
-        self._drain(writes, self.window)
+    def _computed(self, computing: deque, writes: deque, limit: int) -> None:
+        """Send finished batches on to ``write`` (in the order they went in); wait while more than ``limit`` compute."""
+        while computing and (len(computing) > limit or computing[0].done()):
+            for item, ok, result in computing.popleft().result():
+                if ok:
+                    writes.append((item, self.executor.submit(work_write, self.step_arg, item, result)))
+                else:
+                    self._finished(item, False, result)
+            self._drain(writes, self.window)
 
     def _drain(self, writes: deque, limit: int) -> None:
         """Count finished writes; wait for the oldest while more than ``limit`` are in flight."""
@@ -228,6 +237,38 @@ class _Drive:
             item, fut = writes.popleft()
             ok, value = fut.result()
             self._finished(item, ok, value)
+
+
+class _Computers:
+    """``compute`` on the step's replicas: in line for one; for several (one per GPU), each batch on a thread that
+    takes a free replica, so the devices work side by side. Results come back as futures, read in order."""
+
+    def __init__(self, replicas: list[Step]):
+        self.replicas, self.parallel = replicas, len(replicas)
+        for replica in replicas:
+            replica.setup()
+        self.threads = ThreadPoolExecutor(self.parallel, thread_name_prefix="compute") if self.parallel > 1 else None
+        self.free: queue.SimpleQueue = queue.SimpleQueue()
+        for replica in replicas:
+            self.free.put(replica)
+
+    def submit(self, batch: list) -> Future:
+        if self.threads is None:
+            done: Future = Future()
+            done.set_result(_compute_batch(self.replicas[0], batch))
+            return done
+        return self.threads.submit(self._on_a_free_replica, batch)
+
+    def _on_a_free_replica(self, batch: list) -> list:
+        replica = self.free.get()
+        try:
+            return _compute_batch(replica, batch)
+        finally:
+            self.free.put(replica)
+
+    def close(self) -> None:
+        if self.threads is not None:
+            self.threads.shutdown(wait=False, cancel_futures=True)
 
 
 def _compute_batch(step: Step, batch: list) -> Iterable[tuple[ImageItem, bool, Any]]:

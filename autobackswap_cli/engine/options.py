@@ -89,14 +89,26 @@ class RunOptions:
         return d
 
 
+def launcher_local_rank(env: Mapping[str, str] | None = None) -> tuple[int, str] | None:
+    """This process's rank on its machine when a launcher started several per machine: torchrun's ``LOCAL_RANK``,
+    or SLURM's ``SLURM_LOCALID`` in a step of several tasks. None otherwise."""
+    env = os.environ if env is None else env
+    if "LOCAL_RANK" in env:
+        return int(env["LOCAL_RANK"]), "LOCAL_RANK"
+    if "SLURM_LOCALID" in env and int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1) > 1:
+        return int(env["SLURM_LOCALID"]), "SLURM_LOCALID"
+    return None
+
+
 def resolve_device(name: str = "auto"):
-    """``auto|cpu|cuda|cuda:N|mps`` -> torch.device. A device that is not there is an error."""
+    """``auto|cpu|cuda|cuda:N|mps`` -> torch.device. A device that is not there is an error. Under torchrun or a
+    multi-task SLURM step, ``cuda`` (and ``auto`` on a CUDA machine) is the GPU this process's local rank names."""
     import torch
 
     name = (name or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return resolve_device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -106,14 +118,39 @@ def resolve_device(name: str = "auto"):
         if not torch.cuda.is_available():
             raise StepError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
         dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise StepError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        count = torch.cuda.device_count()
+        if dev.index is None and (rank := launcher_local_rank()) is not None:
+            return torch.device("cuda", rank[0] % count)
+        if dev.index is not None and dev.index >= count:
+            raise StepError(f"--device {name}: only {count} CUDA device(s) present")
         return dev
     if name == "mps":
         if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
             raise StepError("--device mps: Apple MPS is not available on this machine")
         return torch.device("mps")
-    raise StepError(f"--device {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    raise StepError(f"--device {name!r} is not one of auto, cpu, cuda, cuda:N, cuda:N,M,..., mps")
+
+
+def resolve_devices(name: str = "auto", gpus: int | None = None) -> list:
+    """The devices a step with a model runs replicas on: every visible GPU for ``cuda`` (or ``auto`` on a CUDA
+    machine; the first ``gpus`` of them when given), the listed ones for ``cuda:0,2``, one device otherwise. Under
+    torchrun or a multi-task SLURM step, the one GPU of this process's local rank."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name.startswith("cuda:") and "," in name:
+        devices = [resolve_device(f"cuda:{index.strip()}") for index in name[len("cuda:"):].split(",")]
+        if len(set(devices)) < len(devices):
+            raise StepError(f"--device {name}: a GPU is listed twice")
+        return devices[:gpus] if gpus else devices
+    first = resolve_device(name)
+    one_named = first.index is not None and name not in ("cuda", "auto")
+    if first.type != "cuda" or one_named or launcher_local_rank() is not None:
+        return [first]
+    count = torch.cuda.device_count()
+    if gpus is not None and gpus > count:
+        raise StepError(f"--gpus {gpus}: only {count} CUDA device(s) present")
+    return [torch.device("cuda", i) for i in range(gpus or count)]
 
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # --precision -> torch dtype name

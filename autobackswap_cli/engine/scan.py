@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..images import FolderScan, ImageError, ImageItem, is_inside, scan_image_folder
+from ..images import FolderScan, ImageError, ImageItem, is_inside, items_from_list, scan_image_folder
 from .errors import StepError
 from .progress import console, make_progress
 
 
-def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Sequence[Path] = ()) -> tuple[list[ImageItem], list[str]]:
-    """Scan DATA for a step; returns its items and warnings for the run record.
+def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Sequence[Path] = (),
+                  files_from: Path | None = None) -> tuple[list[ImageItem], list[str]]:
+    """Scan DATA for a step (or take the images ``files_from`` lists, unscanned); returns its items and warnings
+    for the run record.
 
     The step's output folder may not be, hold or lie inside any of its inputs (DATA and ``other_inputs`` such as
     MASKS, BACKGROUNDS, LABELS; symlinks resolved): inputs are never modified. Only an output inside DATA is
@@ -32,12 +34,18 @@ def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Seq
                 raise StepError(f"output {out} {relation} the input folder {folder}; choose another folder (inputs are never modified)")
         if is_inside(out, data_dir):
             warnings.append(f"output folder {out} is inside the input folder {data_dir}; it is left out of the input")
-    scan: FolderScan = scan_image_folder(data_dir, exclude=[p for p in [out_dir, *inputs] if p is not None])
+    if files_from is not None:
+        if not Path(files_from).is_file():
+            raise StepError(f"--files-from: list not found: {files_from}")
+        scan: FolderScan = items_from_list(data_dir, files_from)
+    else:
+        scan = scan_image_folder(data_dir, exclude=[p for p in [out_dir, *inputs] if p is not None])
     for cls in scan.empty_classes:
         warnings.append(f"class folder '{cls}' has no images; it is skipped")
     if scan.skipped_files:
         shown = ", ".join(scan.skipped_files[:5]) + (" ..." if len(scan.skipped_files) > 5 else "")
-        warnings.append(f"{len(scan.skipped_files)} file(s) without an image extension were ignored: {shown}")
+        what = "line(s) of the list that are not DATA/<class>/<image>" if files_from is not None else "file(s) without an image extension"
+        warnings.append(f"{len(scan.skipped_files)} {what} were ignored: {shown}")
     if not scan.items:
         raise StepError(f"no images found in {data_dir} (expected DATA/<class>/<image>.jpg|png|...)")
     for w in warnings:

@@ -43,6 +43,12 @@ class Step:
     compute: Callable[[list[Any]], list[Any]] | None = None
     """Main process, optional: a batch of ``prepare`` results -> one result per item."""
 
+    def replicas(self) -> list["Step"]:
+        """Copies of this step that ``compute`` side by side, one per device (e.g. one per GPU), each set up and
+        fed whole batches on its own thread; just this step by default. A replica must give the bytes this step
+        would for the same batch."""
+        return [self]
+
     def write(self, item: ImageItem, result: Any) -> Any:
         """Worker: write the item's outputs; may return a small record for ``collect``."""
         raise NotImplementedError

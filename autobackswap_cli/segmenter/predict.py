@@ -7,6 +7,7 @@ size, optionally snap edges to the image (``--refine``), and write the PNG.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
@@ -15,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..choices import Refine
-from ..engine import PRECISIONS, RunReport, Step, StepError, console, resolve_device, resolve_precision
+from ..engine import PRECISIONS, RunReport, Step, StepError, console, resolve_device, resolve_devices, resolve_precision
 from ..images import ImageItem, mirror_path, overlay_mask, preview_grid, read_image, read_mask, spread_sample, write_image_atomic, write_mask_atomic
 
 REFINE_METHODS = Refine.values()
@@ -98,6 +99,7 @@ class SegmentOptions:
     preview: str | None = None
     preview_count: int = 24
     truth: str | None = None  # a folder of ground-truth masks mirroring DATA: report IoU against it
+    gpus: int | None = None  # with --device cuda: use the first N GPUs (default: every visible one)
 
 
 class PatchPredictor:
@@ -161,6 +163,10 @@ class PatchPredictor:
         return np.concatenate(out)[: len(inputs)]
 
 
+def _dtype_name(dtype) -> str | None:
+    return str(dtype).replace("torch.", "") if dtype is not None else None
+
+
 class SegmentStep(Step):
     """MASKS/<class>/<name>.png = P(foreground) * 255 at the image's size."""
 
@@ -176,9 +182,26 @@ class SegmentStep(Step):
         self.out_dir = Path(out_dir)
         self.options = options
         self.truth_report: dict | None = None
+        self.devices: list[str] = []  # where the model ran (one replica per device)
+        self._replicas: list[SegmentStep] = []
 
     def outputs(self, item: ImageItem) -> list[Path]:
         return [mirror_path(self.out_dir, item.rel, ".png")]
+
+    def replicas(self) -> list[SegmentStep]:
+        """One copy of this step per device (every GPU of ``--device cuda``); the model's fixed chunks make each
+        replica's masks byte-identical to a one-device run on the same kind of device."""
+        self.devices = [str(d) for d in resolve_devices(self.options.device, self.options.gpus)]
+        if len(self.devices) == 1:
+            self.predictor.device_name = self.devices[0]
+            return [self]
+        copies = []
+        for device in self.devices:
+            replica = copy.copy(self)
+            replica.predictor = PatchPredictor(self.predictor.checkpoint, device, self.options.precision)
+            copies.append(replica)
+        self._replicas = copies
+        return copies
 
     def setup(self) -> None:
         self.predictor.load()
@@ -214,8 +237,8 @@ class SegmentStep(Step):
             "image_size": p.image_size,
             "refine": self.options.refine,
             "thresholds": self.thresholds,
-            "device": str(p.device) if p.device else self.options.device,
-            "dtype": str(p.dtype).replace("torch.", "") if p.dtype else None,
+            "device": ",".join(self.devices) if self.devices else self.options.device,
+            "dtype": _dtype_name((self._replicas or [self])[0].predictor.dtype),
         }
 
     def recorded_results(self) -> dict:
