@@ -52,3 +52,8 @@ class OutputFormat(Choice):
     jpg = "jpg"
     jpeg = "jpeg"
     webp = "webp"
+
+
+class OutputLayout(Choice):
+    imagefolder = "imagefolder"
+    webdataset = "webdataset"

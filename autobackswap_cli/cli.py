@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .choices import BackgroundsFrom, InpaintMethod, OutputFormat, Precision, Refine
+from .choices import BackgroundsFrom, InpaintMethod, OutputFormat, OutputLayout, Precision, Refine
 from .engine import (FailFast, RunOptions, StepError, as_interrupted, console, default_workers, print_summary, resolve_shard,
                      stop_on_signals)
 from .engine.progress import log_json_to
@@ -355,6 +355,8 @@ def compose_cmd(
     fill: Annotated[str, typer.Option("--fill", help="--only-fg: the flat fill colour as R,G,B.")] = "0,0,0",
     out_format: FormatOpt = OutputFormat.same,
     quality: Quality = 95,
+    layout: Annotated[OutputLayout, typer.Option("--output-format", help="imagefolder (files, manifest.csv) or webdataset (tar shards OUT/shard-000000.tar + index.json, for millions of images).")] = OutputLayout.imagefolder,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="webdataset: samples per tar (an image's composites stay in one tar).", min=1)] = 1000,
     seed: Seed = 0,
     workers: Workers = default_workers(),
     shard: ShardOpt = None,
@@ -365,7 +367,7 @@ def compose_cmd(
     no_progress: NoProgress = False,
 ) -> None:
     """Put every foreground onto backgrounds of other images and classes: the augmented dataset."""
-    from .compose import ComposeOptions, ComposeStep
+    from .compose import ComposeOptions, compose_step
     from .engine import prepare_items, run_step
 
     if only_fg and only_bg:
@@ -374,11 +376,11 @@ def compose_cmd(
     options = ComposeOptions(
         per_image=per_image, bg_from=bg_from.value, variant="only-fg" if only_fg else ("only-bg" if only_bg else "swap"), tight=tight,
         feather=feather, scale=(lo, hi), rotate=rotate, translate=translate, fill=tuple(int(v) for v in _floats(fill, "--fill", 3)),
-        include_originals=include_originals, out_format=out_format.value, quality=quality, seed=seed,
+        include_originals=include_originals, out_format=out_format.value, quality=quality, seed=seed, layout=layout.value, shard_size=shard_size,
     )
     run_options = _run_options(workers, 1, shard, overwrite, fail_fast, no_progress)
     items, warnings = prepare_items(data, out, other_inputs=[masks, backgrounds], files_from=files_from)
-    step = ComposeStep(masks, backgrounds, out, options, preview=str(preview) if preview else None)
+    step = compose_step(masks, backgrounds, out, options, preview=str(preview) if preview else None)
     _finish(run_step(step, items, run_options, warnings))
 
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from .choices import BackgroundsFrom
 from .engine import RunReport, Step, StepError, console, mask_threshold
-from .images import ImageError, ImageItem, bounding_box, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
+from .tarshards import Sample, describe_tar, read_index, sample_key, write_index, write_tar
+from .images import ImageError, ImageItem, bounding_box, encode_image, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
 
 BG_MODES = BackgroundsFrom.values()
 VARIANTS = ("swap", "only-fg", "only-bg")
@@ -47,6 +48,8 @@ class ComposeOptions:
     out_format: str = "same"
     quality: int = 95
     seed: int = 0
+    layout: str = "imagefolder"  # or "webdataset": tar shards of ``shard_size`` samples (see tarshards)
+    shard_size: int = 1000
 
     def check(self) -> None:
         if self.bg_from not in BG_MODES:
@@ -58,6 +61,12 @@ class ComposeOptions:
             raise StepError(f"--scale a,b needs 0 < a <= b; got {lo},{hi}")
         if self.per_image < 1:
             raise StepError("--per-image must be at least 1")
+        if self.layout not in ("imagefolder", "webdataset"):
+            raise StepError(f"--output-format must be imagefolder or webdataset; got {self.layout!r}")
+        if self.layout == "webdataset" and self.include_originals:
+            raise StepError("--include-originals is for ImageFolder output; a WebDataset loader can read DATA beside the tars")
+        if self.shard_size < 1:
+            raise StepError("--shard-size must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -433,6 +442,92 @@ class ComposeStep(Step):
             tiles = [read_image(self.out_dir / r["output"]) for r in spread_sample(rows, self.preview_count)]
             write_image_atomic(Path(self.preview), preview_grid(tiles))
             console.print(f"preview: {self.preview}")
+
+
+class TarComposeStep(ComposeStep):
+    """``compose --output-format webdataset``: the same composites, as samples in tar shards of about
+    ``shard_size`` samples (whole images: an image's composites share a tar). A tar is written, whole, when the
+    last of its images is composed; an existing tar marks its images finished (resume at tar granularity).
+    ``index.json`` lists the tars (wids' format, plus size and SHA-256)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tar_of: dict[str, int] = {}  # item key -> its tar's number
+        self.tar_images: dict[int, int] = {}  # tar number -> images in it
+        self.class_index: dict[str, int] = {}
+        self.prefix = "shard-"
+        self.pending: dict[int, list] = {}  # tar number -> samples composed so far
+        self.arrived: dict[int, int] = {}
+        self.written: dict[str, dict] = {}  # index entries of this run's tars
+        self.samples = 0
+        self.preview_tiles: list[np.ndarray] = []
+
+    def plan_items(self, items: Sequence[ImageItem], mine: Sequence[ImageItem], shard) -> None:
+        per_tar = max(1, self.options.shard_size // self.options.per_image)
+        self.prefix = f"shard-{shard.index}-of-{shard.count}-" if shard.count > 1 else "shard-"
+        self.class_index = {c: i for i, c in enumerate(sorted({it.cls for it in items}))}
+        self.tar_of = {it.key: n // per_tar for n, it in enumerate(mine)}
+        for number in self.tar_of.values():
+            self.tar_images[number] = self.tar_images.get(number, 0) + 1
+
+    def tar_path(self, number: int) -> Path:
+        return self.out_dir / f"{self.prefix}{number:06d}.tar"
+
+    def outputs(self, item: ImageItem) -> list[Path]:
+        return [self.tar_path(self.tar_of[item.key])]
+
+    def write(self, item: ImageItem, results: list[tuple[Path, np.ndarray, dict]]) -> list[Sample]:
+        """Worker: encode the composites; the main process puts them in their tar."""
+        samples = []
+        for path, array, row in results:
+            ext = path.suffix.lstrip(".").lower()
+            samples.append(Sample(sample_key(row["output"]), ext, encode_image(array, ext, self.options.quality), self.class_index[item.cls], row))
+        return samples
+
+    def collect(self, item: ImageItem, samples: list[Sample]) -> None:
+        number = self.tar_of[item.key]
+        self.pending.setdefault(number, []).extend(samples)
+        self.arrived[number] = self.arrived.get(number, 0) + 1
+        if self.arrived[number] == self.tar_images[number]:
+            self._write(number)
+
+    def _write(self, number: int) -> None:
+        samples = self.pending.pop(number)
+        self.written[self.tar_path(number).name] = write_tar(self.tar_path(number), samples)
+        self.samples += len(samples)
+        if self.preview and len(self.preview_tiles) < self.preview_count:
+            for sample in samples[: self.preview_count - len(self.preview_tiles)]:
+                bgr = cv2.imdecode(np.frombuffer(sample.image, np.uint8), cv2.IMREAD_COLOR)
+                self.preview_tiles.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+    def finish(self, report: RunReport, items: Sequence[ImageItem]) -> None:
+        """Write the tars some of whose images failed (with the samples that were made), then the index of every
+        tar of this shard on disk."""
+        for number in sorted(self.pending):
+            self._write(number)
+        index_path = self.out_dir / f"index{report.shard.file_suffix}.json"
+        known = read_index(index_path)
+        entries = []
+        for number in sorted(set(self.tar_of.values())):
+            name = self.tar_path(number).name
+            if name in self.written:
+                entries.append(self.written[name])
+            elif self.tar_path(number).exists():
+                entries.append(known.get(name) or describe_tar(self.tar_path(number)))
+        write_index(index_path, entries, name=self.out_dir.name)
+        self.manifest_count = sum(e["nsamples"] for e in entries)
+        if self.preview and self.preview_tiles:
+            write_image_atomic(Path(self.preview), preview_grid(self.preview_tiles))
+            console.print(f"preview: {self.preview}")
+
+    def recorded_results(self) -> dict:
+        return {"samples": self.manifest_count, "samples_this_run": self.samples}
+
+
+def compose_step(masks_dir: Path, backgrounds_dir: Path, out_dir: Path, options: ComposeOptions, preview: str | None = None) -> ComposeStep:
+    """The compose step for ``options.layout``: ImageFolder files, or WebDataset tar shards."""
+    cls = TarComposeStep if options.layout == "webdataset" else ComposeStep
+    return cls(masks_dir, backgrounds_dir, out_dir, options, preview=preview)
 
 
 # --------------------------------------------------------------------------- on the fly, for training

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .compose import ComposeOptions, ComposeStep
+from .compose import ComposeOptions, compose_step
 from .engine import (RunOptions, RunReport, StepError, build_record, console, prepare_items, print_summary, record_path,
                      run_step, status_of, write_run_record)
 from .inpaint import InpaintOptions
@@ -128,7 +128,7 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
     reports.append(run_step(InpaintStep(paths["masks"], paths["backgrounds"], options.inpaint, options.region), items, options.run, warnings))
     print_summary(reports[-1])
     console.print("[bold]4/4 compose[/]")
-    compose = ComposeStep(paths["masks"], paths["backgrounds"], paths["composites"], options.compose, preview=options.preview)
+    compose = compose_step(paths["masks"], paths["backgrounds"], paths["composites"], options.compose, preview=options.preview)
     reports.append(run_step(compose, items, options.run, warnings))
     print_summary(reports[-1])
     failed = sum(r.failed for r in reports)

@@ -135,6 +135,7 @@ def _write_record(step: Step, report: RunReport, options: RunOptions, started: d
 def _plan(step: Step, items: Sequence[ImageItem], options: RunOptions, report: RunReport) -> tuple[list, list]:
     """This shard's items, and those of them still to do (all with ``--overwrite``)."""
     mine = options.shard.select(items)
+    step.plan_items(items, mine, options.shard)
     todo = list(mine) if options.overwrite else [it for it in mine if not _finished_earlier(step.outputs(it))]
     report.total, report.skipped = len(mine), len(mine) - len(todo)
     return mine, todo

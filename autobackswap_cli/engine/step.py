@@ -28,6 +28,10 @@ class Step:
         with its reason)."""
         raise NotImplementedError
 
+    def plan_items(self, items: Sequence[ImageItem], mine: Sequence[ImageItem], shard) -> None:
+        """Main process, before the plan and before workers start: all items, this shard's items and the shard
+        (e.g. to group this shard's items into tar files). Nothing by default."""
+
     def setup(self) -> None:
         """Main-process preparation after workers exist (e.g. load the model)."""
 

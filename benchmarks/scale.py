@@ -1,0 +1,137 @@
+"""Scale: scanning and planning a million images, and a 10k-image compose end to end — time and peak memory.
+
+Run: ``.venv/bin/python benchmarks/scale.py`` (about 5 minutes on 2 cores; the 1M-file folder is built once
+under benchmarks/out/ and kept: 1M empty files, a few hundred MB of inodes).
+
+* **scan + plan, 1M items**: a folder of 1,000,000 empty ``.jpg`` files in 1,000 classes (the scan never reads
+  an image), then the engine's plan (this shard, skip finished: one ``stat`` per output) for ``segment`` and for
+  ``compose --per-image 3`` (whose plan also picks backgrounds from a 1M-image pool). Once from a scan of the
+  folder, once from ``--files-from LIST``. Each in a fresh process on ONE core (``taskset``), so the peak RSS is
+  the process's own. Target (issue 12): < 60 s and < 1.5 GB.
+* **compose end to end, 10k images**: the real command on generated 64 px images with their true masks and
+  backgrounds, 3 composites each, default workers: images/s and the peak RSS of the largest process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out"
+sys.path.insert(0, str(REPO))
+
+
+def build_folder(root: Path, count: int, classes: int = 1000) -> None:
+    """``count`` empty image files in ``classes`` class folders (built once, then reused)."""
+    done = root / ".complete"
+    if done.exists() and done.read_text() == str(count):
+        return
+    for c in range(classes):
+        folder = root / f"c{c:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(c, count, classes):
+            fd = os.open(folder / f"img_{i:07d}.jpg", os.O_CREAT | os.O_WRONLY, 0o644)
+            os.close(fd)
+    done.write_text(str(count))
+
+
+def child(mode: str, data: Path, listing: Path, out: Path) -> None:
+    """One measurement in this (fresh) process; prints a JSON line."""
+    from autobackswap_cli.compose import ComposeOptions, ComposeStep
+    from autobackswap_cli.engine import RunOptions, prepare_items
+    from autobackswap_cli.engine.loop import RunReport, _plan
+    from autobackswap_cli.segmenter.predict import SegmentStep
+
+    t0 = time.perf_counter()
+    step_name, source = mode.split(":")
+    items, _ = prepare_items(data, out, files_from=listing if source == "list" else None)
+    t_scan = time.perf_counter() - t0
+    if step_name == "segment":
+        step = SegmentStep.__new__(SegmentStep)  # outputs() needs only out_dir: skip loading a checkpoint
+        step.out_dir = out
+    else:
+        step = ComposeStep(data, data, out, ComposeOptions(per_image=3))
+    t1 = time.perf_counter()
+    mine, todo = _plan(step, items, RunOptions(workers=0, progress=False), RunReport(step=step_name, out_dir=str(out)))
+    t_plan = time.perf_counter() - t1
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": mode, "items": len(items), "todo": len(todo), "scan_s": t_scan, "plan_s": t_plan, "rss_mb": rss_mb}))
+
+
+def measure(mode: str, data: Path, listing: Path, out: Path) -> dict:
+    pin = ["taskset", "-c", "0"] if sys.platform.startswith("linux") else []
+    result = subprocess.run([*pin, sys.executable, __file__, "--child", mode, str(data), str(listing), str(out)], capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def compose_end_to_end(images: int, formats: list[str]) -> list[dict]:
+    from autobackswap_cli.sample_data import SampleSpec, generate
+
+    root = OUT / f"scale_compose_{images}"
+    if not (root / "train").exists():
+        generate(root, SampleSpec(seed=2, size=64, train_per_class=images // 3, test_per_group=1, labelled=0, grid=8))
+    rows = []
+    for fmt in formats:
+        out = root / f"composites-{fmt}"
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        extra = ["--output-format", "webdataset", "--shard-size", "1000"] if fmt == "webdataset" else []
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t0 = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "autobackswap_cli", "compose", str(root / "train"), str(root / "masks/train"),
+                                 str(root / "backgrounds/train"), "-o", str(out), "--per-image", "3", "--no-progress", *extra],
+                                capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if result.returncode:
+            rows.append({"format": fmt, "error": result.stderr.strip().splitlines()[-1]})
+            continue
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        rows.append({"format": fmt, "images": 3 * (images // 3), "wall_s": wall, "images_per_s": 3 * (images // 3) / wall,
+                     "peak_rss_mb": max(peak, before) / 1024})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--compose-images", type=int, default=10_000)
+    parser.add_argument("--formats", default="imagefolder,webdataset")
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "DATA", "LIST", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        mode, data, listing, out = args.child
+        return child(mode, Path(data), Path(listing), Path(out))
+
+    data = OUT / f"scale_{args.items}"
+    t0 = time.perf_counter()
+    build_folder(data, args.items)
+    listing = OUT / f"scale_{args.items}.txt"
+    if not listing.exists():
+        listing.write_text("".join(f"c{i % 1000:04d}/img_{i:07d}.jpg\n" for i in range(args.items)))
+    print(f"{args.items:,} files ready in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} cores, one used per measurement\n")
+    print(f"{'plan of':22} {'items':>10} {'scan s':>8} {'plan s':>8} {'total s':>8} {'peak RSS MB':>12}  target: < 60 s, < 1536 MB")
+    for mode in ("segment:scan", "segment:list", "compose:list"):
+        r = measure(mode, data, listing, OUT / "scale_out_missing")
+        total = r["scan_s"] + r["plan_s"]
+        ok = "ok" if total < 60 and r["rss_mb"] < 1536 else "MISSED"
+        print(f"{mode:22} {r['items']:>10,} {r['scan_s']:8.1f} {r['plan_s']:8.1f} {total:8.1f} {r['rss_mb']:12.0f}  {ok} ({total / 60:.2f} x time, {r['rss_mb'] / 1536:.2f} x memory)")
+    if args.compose_images:
+        print(f"\ncompose end to end: {args.compose_images:,} images x 3 composites, 64 px, default workers")
+        for r in compose_end_to_end(args.compose_images, args.formats.split(",")):
+            if "error" in r:
+                print(f"  {r['format']:12} not run: {r['error']}")
+            else:
+                print(f"  {r['format']:12} {r['images_per_s'] * 3:8.0f} composites/s ({r['images_per_s']:.0f} images/s), "
+                      f"{r['wall_s']:.0f} s, peak RSS of the largest process {r['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
