@@ -57,3 +57,8 @@ class OutputFormat(Choice):
 class OutputLayout(Choice):
     imagefolder = "imagefolder"
     webdataset = "webdataset"
+
+
+class Executor(Choice):
+    local = "local"
+    ray = "ray"

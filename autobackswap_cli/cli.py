@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .choices import BackgroundsFrom, InpaintMethod, OutputFormat, OutputLayout, Precision, Refine
+from .choices import BackgroundsFrom, Executor, InpaintMethod, OutputFormat, OutputLayout, Precision, Refine
 from .engine import (FailFast, RunOptions, StepError, as_interrupted, console, default_workers, print_summary, resolve_shard,
                      stop_on_signals)
 from .engine.progress import log_json_to
@@ -43,6 +43,9 @@ ShardOpt = Annotated[
     Optional[str],
     typer.Option("--shard", help="Process only shard K of N (0-based, e.g. 0/4). Default: from torchrun RANK/WORLD_SIZE or a SLURM array, else all."),
 ]
+ExecutorOpt = Annotated[Executor, typer.Option("--executor", help="local (worker processes here) or ray (a Ray Data pipeline: a local Ray instance, or --ray-address). Needs the [ray] extra.")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: the cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray instance.")]
+GpusPerWorker = Annotated[float, typer.Option("--gpus-per-worker", help="--executor ray: GPUs each model actor asks for (e.g. 1; 0 = CPU).", min=0.0)]
 FilesFrom = Annotated[Optional[Path], typer.Option("--files-from", help="Take the images from this list (one path per line, relative to DATA) instead of scanning DATA: for datasets too big to scan.", dir_okay=False)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo items whose outputs already exist (default: skip them).")]
 FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed item instead of listing failures at the end.")]
@@ -62,8 +65,10 @@ Loose = Annotated[Optional[float], typer.Option("--loose", help="inpaint: fill w
 Tight = Annotated[Optional[float], typer.Option("--tight", help="compose: the foreground is where P(fg) is at least this (the tight mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.5.", min=0.0, max=1.0, show_default=False)]
 
 
-def _run_options(workers: int, batch_size: int, shard: Optional[str], overwrite: bool, fail_fast: bool, no_progress: bool) -> RunOptions:
-    return RunOptions(workers=workers, batch_size=batch_size, shard=resolve_shard(shard), overwrite=overwrite, fail_fast=fail_fast, progress=not no_progress)
+def _run_options(workers: int, batch_size: int, shard: Optional[str], overwrite: bool, fail_fast: bool, no_progress: bool,
+                 executor: Executor = Executor.local, ray_address: Optional[str] = None, gpus_per_worker: float = 0.0) -> RunOptions:
+    return RunOptions(workers=workers, batch_size=batch_size, shard=resolve_shard(shard), overwrite=overwrite, fail_fast=fail_fast,
+                      progress=not no_progress, executor=executor.value, ray_address=ray_address, gpus_per_worker=gpus_per_worker)
 
 
 _STOPPED_RUN = False  # set when a command ended on a signal or a stopped run: main() then exits without waiting
@@ -258,6 +263,9 @@ def segment_cmd(
     batch_size: BatchSize = 32,
     shard: ShardOpt = None,
     files_from: FilesFrom = None,
+    executor: ExecutorOpt = Executor.local,
+    ray_address: RayAddress = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
     overwrite: Overwrite = False,
     fail_fast: FailFastOpt = False,
     preview: Preview = None,
@@ -270,7 +278,7 @@ def segment_cmd(
     items, warnings = prepare_items(data, out, other_inputs=[truth], files_from=files_from)
     step = SegmentStep(segmenter, out, SegmentOptions(device=device, gpus=gpus, refine=refine.value, precision=precision.value,
                                                       preview=str(preview) if preview else None, truth=str(truth) if truth else None))
-    _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress), warnings))
+    _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress, executor, ray_address, gpus_per_worker), warnings))
 
 
 # ----------------------------------------------------------------- inpaint
@@ -302,6 +310,9 @@ def inpaint_cmd(
     batch_size: BatchSize = 4,
     shard: ShardOpt = None,
     files_from: FilesFrom = None,
+    executor: ExecutorOpt = Executor.local,
+    ray_address: RayAddress = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
     overwrite: Overwrite = False,
     fail_fast: FailFastOpt = False,
     preview: Preview = None,
@@ -319,7 +330,7 @@ def inpaint_cmd(
     )
     items, warnings = prepare_items(data, out, other_inputs=[masks], files_from=files_from)
     step = InpaintStep(masks, out, options, FillRegion(loose=loose, dilate=dilate), out_format=out_format.value, quality=quality, preview=str(preview) if preview else None)
-    _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress), warnings))
+    _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress, executor, ray_address, gpus_per_worker), warnings))
 
 
 # ----------------------------------------------------------------- compose
@@ -361,6 +372,9 @@ def compose_cmd(
     workers: Workers = default_workers(),
     shard: ShardOpt = None,
     files_from: FilesFrom = None,
+    executor: ExecutorOpt = Executor.local,
+    ray_address: RayAddress = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
     overwrite: Overwrite = False,
     fail_fast: FailFastOpt = False,
     preview: Preview = None,
@@ -378,7 +392,7 @@ def compose_cmd(
         feather=feather, scale=(lo, hi), rotate=rotate, translate=translate, fill=tuple(int(v) for v in _floats(fill, "--fill", 3)),
         include_originals=include_originals, out_format=out_format.value, quality=quality, seed=seed, layout=layout.value, shard_size=shard_size,
     )
-    run_options = _run_options(workers, 1, shard, overwrite, fail_fast, no_progress)
+    run_options = _run_options(workers, 1, shard, overwrite, fail_fast, no_progress, executor, ray_address, gpus_per_worker)
     items, warnings = prepare_items(data, out, other_inputs=[masks, backgrounds], files_from=files_from)
     step = compose_step(masks, backgrounds, out, options, preview=str(preview) if preview else None)
     _finish(run_step(step, items, run_options, warnings))

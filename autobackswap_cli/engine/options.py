@@ -81,11 +81,16 @@ class RunOptions:
     overwrite: bool = False
     fail_fast: bool = False
     progress: bool = True
+    executor: str = "local"  # or "ray": the items as a Ray Data pipeline (engine.ray_executor)
+    ray_address: str | None = None  # a running Ray cluster; None: a local instance
+    gpus_per_worker: float = 0.0  # Ray: GPUs each model actor asks for
 
     def record(self) -> dict:
         d = asdict(self)
         d["shard"] = self.shard.label
         d.pop("progress")
+        if self.executor == "local":
+            d.pop("ray_address"), d.pop("gpus_per_worker")
         return d
 
 
