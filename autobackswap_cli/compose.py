@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
@@ -24,6 +24,7 @@ import numpy as np
 
 from .choices import BackgroundsFrom
 from .engine import RunReport, Step, StepError, console, mask_threshold
+from .manifest import ManifestSpool
 from .tarshards import Sample, describe_tar, read_index, sample_key, write_index, write_tar
 from .images import ImageError, ImageItem, bounding_box, encode_image, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
 
@@ -80,10 +81,14 @@ class Placement:
 # --------------------------------------------------------------------------- choosing
 
 
-def item_rng(seed: int, key: str, index: int, epoch: int = 0) -> np.random.Generator:
-    """A generator that depends only on (seed, image key, composite index, epoch)."""
-    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-    return np.random.default_rng([seed, digest, index, epoch])
+def key_digest(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+
+
+def item_rng(seed: int, key: str, index: int, epoch: int = 0, digest: int | None = None) -> np.random.Generator:
+    """A generator that depends only on (seed, image key, composite index, epoch); ``digest`` is
+    ``key_digest(key)`` when the caller has it already."""
+    return np.random.default_rng([seed, key_digest(key) if digest is None else digest, index, epoch])
 
 
 class BackgroundPool:
@@ -107,8 +112,15 @@ class BackgroundPool:
         self.classes = sorted(self.by_class)
         if not self.classes:
             raise StepError(f"no backgrounds found in {self.root} (run `autobackswap inpaint` first)")
+        self._candidates: dict[tuple[str, str], list[str]] = {}
 
     def candidate_classes(self, fg_class: str, mode: str) -> list[str]:
+        key = (fg_class, mode)
+        if key not in self._candidates:
+            self._candidates[key] = self._candidate_classes(fg_class, mode)
+        return self._candidates[key]
+
+    def _candidate_classes(self, fg_class: str, mode: str) -> list[str]:
         if mode == "any":
             return self.classes
         if mode == "same-class":
@@ -131,12 +143,16 @@ class BackgroundPool:
         candidates = self.candidate_classes(item.cls, mode)
         own = self.own(item.key)
         for avoid in ({own, *exclude} - {None}, {own} - {None}):
-            blocked = {c: sorted(self._index[_key(r)][1] for r in avoid if self._index[_key(r)][0] == c) for c in candidates}
-            classes = [c for c in candidates if len(self.by_class[c]) > len(blocked[c])]
+            blocked: dict[str, list[int]] = {}  # class -> positions not to pick (a few: own and earlier picks)
+            for cls, position in (self._index[_key(r)] for r in avoid):
+                blocked.setdefault(cls, []).append(position)
+            # only a class with as few images as are blocked drops out: check those, not every class
+            full = {c for c, taken in blocked.items() if len(self.by_class.get(c, ())) <= len(taken)}
+            classes = [c for c in candidates if c not in full] if full else candidates
             if classes:
                 cls = classes[int(rng.integers(len(classes)))]
-                position = int(rng.integers(len(self.by_class[cls]) - len(blocked[cls])))
-                for taken in blocked[cls]:  # step over blocked positions: uniform over the rest
+                position = int(rng.integers(len(self.by_class[cls]) - len(blocked.get(cls, ()))))
+                for taken in sorted(blocked.get(cls, ())):  # step over blocked positions: uniform over the rest
                     if position >= taken:
                         position += 1
                 return self.by_class[cls][position]
@@ -144,7 +160,8 @@ class BackgroundPool:
 
 
 def _key(rel: str) -> str:
-    return str(PurePosixPath(rel).with_suffix(""))
+    """A relative path without its extension (``ImageItem.key``), by string work."""
+    return os.path.splitext(rel)[0]
 
 
 def sample_placement(rng: np.random.Generator, options: ComposeOptions) -> Placement:
@@ -314,7 +331,7 @@ class ComposeStep(Step):
         self.options = options
         self.preview = preview
         self.preview_count = preview_count
-        self.rows: dict[str, dict] = {}
+        self.spool = ManifestSpool(self.out_dir, MANIFEST_FIELDS)  # this run's rows, on disk
         self.collected: set[str] = set()  # keys of items whose rows this run already has
         self.manifest_count = 0
 
@@ -329,8 +346,9 @@ class ComposeStep(Step):
         if o.variant == "only-bg":
             return [Composite(parent / f"{stem}__only-bg{ext}", self.core.own_background(item))]
         plans, used = [], set()
+        digest = key_digest(item.key)
         for k in range(o.per_image):
-            rng = item_rng(o.seed, item.key, k)
+            rng = item_rng(o.seed, item.key, k, digest=digest)
             bg = self.core.pool.choose(item, rng, o.bg_from, used)
             used.add(bg)
             name = f"{stem}__{PurePosixPath(bg).parts[0]}__{PurePosixPath(bg).stem}"
@@ -392,8 +410,7 @@ class ComposeStep(Step):
         }
 
     def collect(self, item: ImageItem, rows: list[dict]) -> None:
-        for row in rows:
-            self.rows[row["output"]] = row
+        self.spool.add(rows)
         self.collected.add(item.key)
 
     def recorded_options(self) -> dict:
@@ -431,17 +448,19 @@ class ComposeStep(Step):
                     self.collect(item, self.manifest_rows(item, plans))
             except ImageError:
                 continue
-        rows = sorted(self.rows.values(), key=lambda r: r["output"])
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_bytes_atomic(self.out_dir / f"manifest{report.shard.file_suffix}.csv", buf.getvalue().encode())
-        self.manifest_count = len(rows)
-        if self.preview and rows:
-            tiles = [read_image(self.out_dir / r["output"]) for r in spread_sample(rows, self.preview_count)]
+        manifest = self.out_dir / f"manifest{report.shard.file_suffix}.csv"
+        self.manifest_count = self.spool.write_sorted(manifest)
+        if self.preview and self.manifest_count:
+            tiles = [read_image(self.out_dir / output) for output in _spread_outputs(manifest, self.manifest_count, self.preview_count)]
             write_image_atomic(Path(self.preview), preview_grid(tiles))
             console.print(f"preview: {self.preview}")
+
+
+def _spread_outputs(manifest: Path, count: int, wanted: int) -> list[str]:
+    """The outputs of ``wanted`` rows evenly spaced over a manifest of ``count`` rows (read as a stream)."""
+    chosen = set(spread_sample(range(count), wanted))
+    with open(manifest, newline="") as f:
+        return [row["output"] for i, row in enumerate(csv.DictReader(f)) if i in chosen]
 
 
 class TarComposeStep(ComposeStep):

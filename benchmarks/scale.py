@@ -4,10 +4,11 @@ Run: ``.venv/bin/python benchmarks/scale.py`` (about 5 minutes on 2 cores; the 1
 under benchmarks/out/ and kept: 1M empty files, a few hundred MB of inodes).
 
 * **scan + plan, 1M items**: a folder of 1,000,000 empty ``.jpg`` files in 1,000 classes (the scan never reads
-  an image), then the engine's plan (this shard, skip finished: one ``stat`` per output) for ``segment`` and for
-  ``compose --per-image 3`` (whose plan also picks backgrounds from a 1M-image pool). Once from a scan of the
-  folder, once from ``--files-from LIST``. Each in a fresh process on ONE core (``taskset``), so the peak RSS is
-  the process's own. Target (issue 12): < 60 s and < 1.5 GB.
+  an image), then the engine's plan (this shard; skip finished) for ``segment`` and for ``compose --per-image 3``
+  (which picks backgrounds from a 1M-image pool), from a scan of the folder and from ``--files-from LIST``, into a
+  fresh output folder; then a resume into a folder where every other item is finished (segment: 1M items;
+  compose: 100k, its plan draws 3 backgrounds per item). Each in a fresh process on ONE core (``taskset``), so
+  the peak RSS is the process's own. Target (issue 12): < 60 s and < 1.5 GB.
 * **compose end to end, 10k images**: the real command on generated 64 px images with their true masks and
   backgrounds, 3 composites each, default workers: images/s and the peak RSS of the largest process.
 """
@@ -42,22 +43,29 @@ def build_folder(root: Path, count: int, classes: int = 1000) -> None:
     done.write_text(str(count))
 
 
-def child(mode: str, data: Path, listing: Path, out: Path) -> None:
-    """One measurement in this (fresh) process; prints a JSON line."""
+def _step(name: str, data: Path, out: Path):
     from autobackswap_cli.compose import ComposeOptions, ComposeStep
-    from autobackswap_cli.engine import RunOptions, prepare_items
-    from autobackswap_cli.engine.loop import RunReport, _plan
     from autobackswap_cli.segmenter.predict import SegmentStep
 
-    t0 = time.perf_counter()
-    step_name, source = mode.split(":")
-    items, _ = prepare_items(data, out, files_from=listing if source == "list" else None)
-    t_scan = time.perf_counter() - t0
-    if step_name == "segment":
+    if name == "segment":
         step = SegmentStep.__new__(SegmentStep)  # outputs() needs only out_dir: skip loading a checkpoint
         step.out_dir = out
-    else:
-        step = ComposeStep(data, data, out, ComposeOptions(per_image=3))
+        return step
+    masks = out.parent / "scale_empty_masks"
+    masks.mkdir(exist_ok=True)
+    return ComposeStep(masks, data, out, ComposeOptions(per_image=3))  # backgrounds: a 1M-image pool
+
+
+def child(mode: str, data: Path, listing: Path, out: Path) -> None:
+    """One measurement in this (fresh) process; prints a JSON line."""
+    from autobackswap_cli.engine import RunOptions, prepare_items
+    from autobackswap_cli.engine.loop import RunReport, _plan
+
+    step_name, source = mode.split(":")[:2]
+    t0 = time.perf_counter()
+    items, _ = prepare_items(data, out, files_from=listing if source == "list" else None)
+    t_scan = time.perf_counter() - t0
+    step = _step(step_name, data, out)
     t1 = time.perf_counter()
     mine, todo = _plan(step, items, RunOptions(workers=0, progress=False), RunReport(step=step_name, out_dir=str(out)))
     t_plan = time.perf_counter() - t1
@@ -71,6 +79,23 @@ def measure(mode: str, data: Path, listing: Path, out: Path) -> dict:
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def half_finished(out: Path, data: Path, listing: Path, step_name: str) -> Path:
+    """``out`` holding the outputs of every other listed item (empty files), as a run killed half-way leaves it."""
+    done = out / ".bench-complete"
+    if done.exists():
+        return out
+    from autobackswap_cli.engine import prepare_items
+
+    items, _ = prepare_items(data, files_from=listing)
+    step = _step(step_name, data, out)
+    for item in items[::2]:
+        for path in step.outputs(item):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+    done.write_text("")
+    return out
 
 
 def compose_end_to_end(images: int, formats: list[str]) -> list[dict]:
@@ -117,12 +142,20 @@ def main() -> None:
     if not listing.exists():
         listing.write_text("".join(f"c{i % 1000:04d}/img_{i:07d}.jpg\n" for i in range(args.items)))
     print(f"{args.items:,} files ready in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} cores, one used per measurement\n")
-    print(f"{'plan of':22} {'items':>10} {'scan s':>8} {'plan s':>8} {'total s':>8} {'peak RSS MB':>12}  target: < 60 s, < 1536 MB")
-    for mode in ("segment:scan", "segment:list", "compose:list"):
-        r = measure(mode, data, listing, OUT / "scale_out_missing")
+    print(f"{'plan of':30} {'items':>10} {'to do':>10} {'scan s':>7} {'plan s':>7} {'total s':>8} {'peak RSS MB':>12}  target: < 60 s, < 1536 MB")
+    tenth = OUT / f"scale_{args.items // 10}.txt"
+    if not tenth.exists():
+        tenth.write_text("".join(listing.read_text().splitlines(keepends=True)[: args.items // 10]))
+    runs = [("segment:scan:fresh", listing, OUT / "scale_out_missing"), ("segment:list:fresh", listing, OUT / "scale_out_missing"),
+            ("compose:list:fresh", listing, OUT / "scale_out_missing"),
+            ("segment:list:half-done", listing, half_finished(OUT / f"scale_seg_half_{args.items}", data, listing, "segment")),
+            ("compose:list:half-done", tenth, half_finished(OUT / f"scale_compose_half_{args.items // 10}", data, tenth, "compose"))]
+    for mode, items_list, out in runs:
+        r = measure(mode, data, items_list, out)
         total = r["scan_s"] + r["plan_s"]
         ok = "ok" if total < 60 and r["rss_mb"] < 1536 else "MISSED"
-        print(f"{mode:22} {r['items']:>10,} {r['scan_s']:8.1f} {r['plan_s']:8.1f} {total:8.1f} {r['rss_mb']:12.0f}  {ok} ({total / 60:.2f} x time, {r['rss_mb'] / 1536:.2f} x memory)")
+        print(f"{mode:30} {r['items']:>10,} {r['todo']:>10,} {r['scan_s']:7.1f} {r['plan_s']:7.1f} {total:8.1f} {r['rss_mb']:12.0f}  "
+              f"{ok} ({total / 60:.2f} x time, {r['rss_mb'] / 1536:.2f} x memory)")
     if args.compose_images:
         print(f"\ncompose end to end: {args.compose_images:,} images x 3 composites, 64 px, default workers")
         for r in compose_end_to_end(args.compose_images, args.formats.split(",")):

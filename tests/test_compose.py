@@ -195,3 +195,18 @@ def test_background_choice_is_uniform_and_never_the_own_or_an_earlier_pick(tmp_p
     classes = Counter(pool.choose(item, item_rng(0, "y", k), "any", set()).split("/")[0] for k in range(3000))
     assert abs(classes["a"] - 1500) < 150  # class uniform first, although class a has twice the images
     assert pool.choose(item, item_rng(0, "z", 0), "same-class", {"a/0.png", "a/2.png", "a/3.png"}) in {"a/0.png", "a/2.png", "a/3.png"}
+
+
+def test_the_manifest_is_sorted_from_disk_not_memory(small_sample, tmp_path, monkeypatch):
+    """Rows go to a spool file and are merge-sorted in runs; tiny runs give the same manifest as one big run."""
+    from autobackswap_cli import manifest
+
+    args = (small_sample / "train", small_sample / "masks/train", small_sample / "backgrounds/train")
+    cli("compose", *args, "-o", tmp_path / "one", "--per-image", 3, "--no-progress")
+    monkeypatch.setattr(manifest, "SORT_CHUNK_ROWS", 5)  # 72 rows: 15 sorted runs merged
+    cli("compose", *args, "-o", tmp_path / "many", "--per-image", 3, "--workers", 0, "--no-progress")
+    text = (tmp_path / "many" / "manifest.csv").read_text()
+    assert text == (tmp_path / "one" / "manifest.csv").read_text()
+    outputs = [line.split(",")[0] for line in text.splitlines()[1:]]
+    assert len(outputs) == 72 and outputs == sorted(outputs)
+    assert not list((tmp_path / "many").rglob(TEMP_PREFIX + "*"))

@@ -3,6 +3,7 @@ saved to tmp_path and loaded through the same code path a user's local model tak
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -203,3 +204,20 @@ def test_context_box_holds_the_hole_box_and_stays_inside_the_image():
         assert 0 <= y0 <= h0 and h1 <= y1 <= height and 0 <= x0 <= w0 and w1 <= x1 <= width
         assert y1 - y0 >= min(height, min_side) and x1 - x0 >= min(width, min_side)
         assert not square or y1 - y0 == x1 - x0 or y1 - y0 == height or x1 - x0 == width
+
+
+def test_a_model_backend_on_several_devices_runs_one_replica_each_with_the_same_bytes(small_sample, mean_fill_model, tmp_path, monkeypatch):
+    """`--device cuda` on a box with several GPUs: one model per GPU; shown with two CPU replicas."""
+    from autobackswap_cli.engine import RunOptions, prepare_items, run_step
+    from autobackswap_cli.inpaint import InpaintOptions, step as inpaint_step
+    from autobackswap_cli.inpaint.step import InpaintStep
+
+    items, _ = prepare_items(small_sample / "train")
+    masks = small_sample / "masks/train"
+    options = InpaintOptions(method="torchscript", model=str(mean_fill_model), device="auto")
+    run_step(InpaintStep(masks, tmp_path / "one", options, FillRegion()), items, RunOptions(workers=0, batch_size=4, progress=False))
+    monkeypatch.setattr(inpaint_step, "resolve_devices", lambda name: [torch.device("cpu"), torch.device("cpu")])
+    report = run_step(InpaintStep(masks, tmp_path / "two", options, FillRegion()), items, RunOptions(workers=0, batch_size=4, progress=False))
+    assert report.ok and json.loads((tmp_path / "two" / "autobackswap.json").read_text())["options"]["device"] == "cpu,cpu"
+    one, two = sorted((tmp_path / "one").rglob("*.jpg")), sorted((tmp_path / "two").rglob("*.jpg"))
+    assert len(one) == 24 and all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))

@@ -137,10 +137,23 @@ def _plan(step: Step, items: Sequence[ImageItem], options: RunOptions, report: R
     """This shard's items, and those of them still to do (all with ``--overwrite``)."""
     mine = options.shard.select(items)
     step.plan_items(items, mine, options.shard)
-    exists = _ListedFolders()
-    todo = list(mine) if options.overwrite else [it for it in mine if not _finished_earlier(step.outputs(it), exists)]
+    if options.overwrite or not _holds_outputs(Path(step.out_dir)):  # a fresh folder: nothing can be finished yet
+        todo = list(mine)
+    else:
+        exists = _ListedFolders()
+        todo = [it for it in mine if not _finished_earlier(step.outputs(it), exists)]
     report.total, report.skipped = len(mine), len(mine) - len(todo)
     return mine, todo
+
+
+def _holds_outputs(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds anything but the engine's own files (lock, run records, temporary files)."""
+    try:
+        with os.scandir(out_dir) as entries:
+            return any(not (e.name.startswith((".autobackswap", TEMP_PREFIX)) or (e.name.startswith("autobackswap") and e.name.endswith(".json")))
+                       for e in entries)
+    except OSError:
+        return False
 
 
 class _ListedFolders:

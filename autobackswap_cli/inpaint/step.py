@@ -8,6 +8,7 @@ TorchScript) run batched in the main process, with workers decoding and encoding
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..engine import PAPER_THRESHOLDS, RunReport, Step, StepError, console, mask_threshold
+from ..engine import PAPER_THRESHOLDS, RunReport, Step, StepError, console, mask_threshold, resolve_devices
 from ..images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_image_atomic
 from .base import InpaintOptions
 
@@ -58,6 +59,7 @@ class InpaintStep(Step):
         if self.inpainter.uses_model:
             self.compute = self._compute
         self.no_foreground = 0
+        self.devices: list[str] = []  # a model backend's devices, one replica each
 
     def output_path(self, item: ImageItem) -> Path:
         suffix = None if self.out_format == "same" else "." + self.out_format.lstrip(".")
@@ -65,6 +67,24 @@ class InpaintStep(Step):
 
     def outputs(self, item: ImageItem) -> list[Path]:
         return [self.output_path(item)]
+
+    def replicas(self) -> list[InpaintStep]:
+        """A model backend on ``--device cuda`` with several GPUs: one copy of the step (and model) per GPU."""
+        if not self.inpainter.uses_model or self.options.device in ("cpu", "mps"):
+            return [self]
+        self.devices = [str(d) for d in resolve_devices(self.options.device)]
+        if len(self.devices) == 1:
+            return [self]
+        from . import make_inpainter
+
+        copies = []
+        for device in self.devices:
+            replica = copy.copy(self)
+            replica.options = replace(self.options, device=device)
+            replica.inpainter = make_inpainter(replica.options)
+            replica.compute = replica._compute  # bound to the copy, not to this step
+            copies.append(replica)
+        return copies
 
     def setup(self) -> None:
         if self.inpainter.uses_model:
@@ -113,6 +133,7 @@ class InpaintStep(Step):
             "format": self.out_format,
             "quality": self.quality,
             **self.inpainter.record(),
+            **({"device": ",".join(self.devices)} if len(self.devices) > 1 else {}),
         }
 
     def recorded_results(self) -> dict:
