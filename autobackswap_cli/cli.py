@@ -501,6 +501,8 @@ def run_cmd(
     bg_from: BgFrom = BackgroundsFrom.any,
     out_format: FormatOpt = OutputFormat.same,
     quality: Quality = 95,
+    layout: Annotated[OutputLayout, typer.Option("--output-format", help="compose: imagefolder or webdataset (tar shards).")] = OutputLayout.imagefolder,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="compose --output-format webdataset: samples per tar.", min=1)] = 1000,
     device: Device = "auto",
     precision: PrecisionOpt = Precision.auto,
     seed: Seed = 0,

@@ -37,6 +37,8 @@ RUN_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
     "bg_from": (("compose", "bg_from"),),
     "out_format": (("compose", "out_format"),),
     "quality": (("compose", "quality"),),
+    "layout": (("compose", "layout"),),
+    "shard_size": (("compose", "shard_size"),),
     "device": (("train", "device"), ("segment", "device"), ("inpaint", "device")),
     "seed": (("train", "seed"), ("inpaint", "seed"), ("compose", "seed")),
     "workers": (("run", "workers"),),
