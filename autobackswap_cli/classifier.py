@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import StepError, build_record, make_progress, record_interrupted_training, read_items, resolve_device, status_of, write_run_record
+from .engine import StepError, build_record, make_progress, model_record_path, record_interrupted_training, read_items, resolve_device, status_of, write_run_record
 from .images import read_image, scan_image_folder
 from .model_files import SAFETENSORS, TORCH_ZIP, deprecated, file_kind, is_torchscript, read_model, read_state_dict, save_model
 from .nets import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalise
@@ -286,7 +286,7 @@ def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, pr
         _fit(model, x_all, y_all, optimiser, scheduler, opts, gen, device, progress)
     except KeyboardInterrupt as exc:
         raise record_interrupted_training(
-            out_path.with_name(out_path.name + ".json"), "train-classifier", exc, options=asdict(opts),
+            out_path, "train-classifier", exc, options=asdict(opts),
             counts={"images": len(x_all), "failed": len(failures)}, wall_time_s=time.perf_counter() - t0, failures=failures) from None
 
     train_accuracy = _accuracy(model, x_all, y_all, device, 128)
@@ -294,7 +294,7 @@ def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, pr
     meta = {"format": MODEL_FORMAT, "format_version": 2, "arch": "small-cnn", "width": opts.width, "classes": classes, "image_size": opts.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
             "data": str(data_dir), "options": options, "train_accuracy": round(train_accuracy, 5)}
     save_model(out_path, model.cpu().state_dict(), meta)
-    write_run_record(out_path.with_name(out_path.name + ".json"), build_record(
+    write_run_record(model_record_path(out_path), build_record(
         "train-classifier", status=status_of(len(failures)), options=options, counts={"images": len(x_all), "failed": len(failures)},
         wall_time_s=time.perf_counter() - t0, failures=failures, model=str(out_path),
         **{k: v for k, v in meta.items() if k != "options"}))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,22 @@ def cli_subprocess(*args: str, env: dict | None = None, **kwargs) -> subprocess.
     """Run ``python -m autobackswap_cli`` in a child process (for signals and real exit codes)."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run([sys.executable, "-m", "autobackswap_cli", *map(str, args)], capture_output=True, text=True, env=full_env, **kwargs)
+
+
+def cli_background(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python -m autobackswap_cli`` in its own process group (as a job scheduler does), output piped as text."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "autobackswap_cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=full_env, start_new_session=True)
+
+
+def wait_until(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    """Wait until ``ready()``; fail the test if ``proc`` ends first or it takes longer than ``timeout`` s."""
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, f"ended early with {proc.returncode}: {proc.stderr.read()}"
+        assert time.time() - t0 < timeout, "the run did not get going"
+        time.sleep(0.02)
 
 
 def run_record(folder: Path) -> dict:

@@ -6,9 +6,6 @@ import csv
 import hashlib
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,7 @@ import numpy as np
 from autobackswap_cli.compose import BackSwapDataset, ComposeOptions, Placement, fit_background, foreground_alpha, placement_matrix
 from autobackswap_cli.images import TEMP_PREFIX, read_image, read_mask
 from autobackswap_cli.sample_data import SampleSpec, generate
-from conftest import cli, cli_subprocess, run_record
+from conftest import cli, cli_background, cli_subprocess, run_record, wait_until
 
 
 def _manifest(out: Path) -> list[dict]:
@@ -130,11 +127,8 @@ def test_missing_mask_and_empty_foreground_fail_that_image(small_sample, tmp_pat
 def test_killed_compose_resumes_without_partial_files_and_a_full_manifest(tmp_path):
     generate(tmp_path / "s", SampleSpec(seed=2, size=256, train_per_class=40, test_per_group=1, labelled=0))
     args = ["compose", tmp_path / "s/train", tmp_path / "s/masks/train", tmp_path / "s/backgrounds/train", "-o", tmp_path / "out", "--per-image", "3", "--workers", "1", "--no-progress", "--format", "png"]
-    proc = subprocess.Popen([sys.executable, "-m", "autobackswap_cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    t0 = time.time()
-    while len(list((tmp_path / "out").rglob("*.png"))) < 30:
-        assert proc.poll() is None and time.time() - t0 < 120
-        time.sleep(0.02)
+    proc = cli_background(*args)
+    wait_until(proc, lambda: len(list((tmp_path / "out").rglob("*.png"))) >= 30)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.png")}

@@ -18,7 +18,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 
 from autobackswap_cli.images import TEMP_PREFIX
 from autobackswap_cli.sample_data import SampleSpec, generate
-from conftest import run_record
+from conftest import cli_background, cli_subprocess, run_record, wait_until
 
 REPEATS = int(os.environ.get("AUTOBACKSWAP_FAULT_REPEATS", "3"))
 STOP_WITHIN_S = 20  # "within a few seconds" on 2 busy CI cores; measured 0.2-2.6 s
@@ -45,33 +44,15 @@ def big_set(tmp_path_factory) -> Path:
 def reference_masks(big_set, tiny_checkpoint, tmp_path_factory) -> Path:
     """The masks of a run nobody disturbed."""
     out = tmp_path_factory.mktemp("reference") / "masks"
-    assert _run("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS).returncode == 0
+    assert cli_subprocess("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS).returncode == 0
     return out
 
 
 SEGMENT_ARGS = ("--refine", "grabcut", "--workers", "2", "--batch-size", "4")
 
 
-def _command(*args) -> list[str]:
-    return [sys.executable, "-m", "autobackswap_cli", *map(str, args)]
-
-
-def _run(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(*args), capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
-
-
 def _start(*args) -> subprocess.Popen:
-    """The command in its own process group (as a job scheduler starts it), stdout and stderr piped."""
-    env = {**os.environ, "COLUMNS": "200", "AUTOBACKSWAP_LOG_INTERVAL": "0.2"}
-    return subprocess.Popen(_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-
-
-def _wait_until(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
-    t0 = time.time()
-    while not ready():
-        assert proc.poll() is None, f"ended early with {proc.returncode}: {proc.stderr.read()}"
-        assert time.time() - t0 < timeout, "the run did not get going"
-        time.sleep(0.02)
+    return cli_background(*args, env={"AUTOBACKSWAP_LOG_INTERVAL": "0.2"})  # a progress line soon after start
 
 
 def _files(folder: Path, pattern: str = "*.png") -> list[Path]:
@@ -131,7 +112,7 @@ def test_a_stop_signal_at_a_random_point_ends_segment_cleanly_every_time(big_set
         shutil.rmtree(out, ignore_errors=True)  # every attempt from the start, so the signal lands mid-run
         with _reaped(_start("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)) as proc:
             at = rng.randint(1, 250)  # masks written before the signal: from the first batch to near the end
-            _wait_until(proc, lambda: len(_files(out)) >= at)
+            wait_until(proc, lambda: len(_files(out)) >= at)
             code, err, took = _stop(proc, sig)
             assert code == 128 + sig, f"attempt {attempt}: exit {code}\n{err}"
             assert f"interrupted ({signal.Signals(sig).name})" in err and "run the same command again" in " ".join(err.split())
@@ -139,7 +120,7 @@ def test_a_stop_signal_at_a_random_point_ends_segment_cleanly_every_time(big_set
             assert run_record(out)["status"] == "interrupted"
             assert not _files(out, TEMP_PREFIX + "*")
             assert not _no_process_left(proc.pid), "a worker outlived the run"
-    resumed = _run("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)
+    resumed = cli_subprocess("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)
     assert resumed.returncode == 0, resumed.stderr
     assert run_record(out)["counts"]["skipped"] > 0
     _same_bytes(out, reference_masks)
@@ -153,13 +134,13 @@ def test_sigterm_ends_inpaint_and_compose_cleanly(big_set, tmp_path, step):
     else:
         args = ("compose", big_set, masks, backgrounds, "-o", tmp_path / "out", "--per-image", "3", "--workers", "2")
     with _reaped(_start(*args)) as proc:
-        _wait_until(proc, lambda: len(_files(tmp_path / "out", "*.jpg")) >= 30)
+        wait_until(proc, lambda: len(_files(tmp_path / "out", "*.jpg")) >= 30)
         code, err, _ = _stop(proc, signal.SIGTERM)
         assert code == 143, err
         assert run_record(tmp_path / "out")["status"] == "interrupted"
         assert not _files(tmp_path / "out", TEMP_PREFIX + "*")
         assert not _no_process_left(proc.pid)
-    assert _run(*args).returncode == 0
+    assert cli_subprocess(*args).returncode == 0
 
 
 @pytest.mark.parametrize("trainer", ["train-segmenter", "train-classifier"])
@@ -171,7 +152,7 @@ def test_sigterm_ends_a_trainer_with_a_record_and_no_half_trained_model(small_sa
         args = (trainer, small_sample / "train", "-o", model, "--epochs", "5000")
     with _reaped(_start(*args)) as proc:
         lines: list[str] = []
-        _wait_until(proc, lambda: lines.append(proc.stderr.readline()) or f"{trainer}: started" in lines[-1])
+        wait_until(proc, lambda: lines.append(proc.stderr.readline()) or f"{trainer}: started" in lines[-1])
         code, err, _ = _stop(proc, signal.SIGTERM)
     assert code == 143, err
     assert "no model was saved" in " ".join(err.split())
@@ -186,11 +167,11 @@ def test_sigterm_ends_a_trainer_with_a_record_and_no_half_trained_model(small_sa
 def test_kill_9_of_the_main_process_leaves_no_process_and_frees_the_callers_pipes(big_set, tiny_checkpoint, tmp_path):
     out = tmp_path / "masks"
     with _reaped(_start("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)) as proc:
-        _wait_until(proc, lambda: len(_files(out)) >= 20)
+        wait_until(proc, lambda: len(_files(out)) >= 20)
         os.kill(proc.pid, signal.SIGKILL)  # the main process only: its workers, fork server and tracker must follow
         proc.communicate(timeout=STOP_WITHIN_S)  # returns only when no process holds stdout/stderr any more
         assert not _no_process_left(proc.pid)
-    resumed = _run("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)
+    resumed = cli_subprocess("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)
     assert resumed.returncode == 0 and not _files(out, TEMP_PREFIX + "*")
     assert run_record(out)["counts"]["skipped"] >= 20
 
@@ -205,7 +186,7 @@ def _a_worker_of(main_pid: int) -> int:
 def test_a_worker_killed_like_the_oom_killer_does_fails_the_run_clearly(big_set, tiny_checkpoint, reference_masks, tmp_path):
     out = tmp_path / "masks"
     with _reaped(_start("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)) as proc:
-        _wait_until(proc, lambda: len(_files(out)) >= 20)
+        wait_until(proc, lambda: len(_files(out)) >= 20)
         os.kill(_a_worker_of(proc.pid), signal.SIGKILL)
         _, err = proc.communicate(timeout=STOP_WITHIN_S)
         assert proc.returncode == 2, err
@@ -214,7 +195,7 @@ def test_a_worker_killed_like_the_oom_killer_does_fails_the_run_clearly(big_set,
         assert record["status"] == "failed" and "worker process died" in record["error"]
         assert record["counts"]["done"] < 300
         assert not _no_process_left(proc.pid)
-    assert _run("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS).returncode == 0
+    assert cli_subprocess("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS).returncode == 0
     _same_bytes(out, reference_masks)
 
 
@@ -237,7 +218,7 @@ def small_filesystem(tmp_path):
 def test_a_full_file_system_stops_the_run_with_one_message_and_a_rerun_finishes(big_set, small_filesystem):
     out = small_filesystem / "backgrounds"
     args = ("inpaint", big_set, big_set.parent / "masks" / "train", "-o", out, "--workers", "2")
-    full = _run(*args)
+    full = cli_subprocess(*args)
     assert full.returncode == 2, full.stderr
     err = " ".join(full.stderr.split())
     assert err.count("No space left on device") <= 3  # the failed item, the record warning, the error: not one per image
@@ -246,7 +227,7 @@ def test_a_full_file_system_stops_the_run_with_one_message_and_a_rerun_finishes(
     written = len(_files(out, "*.jpg"))
     assert 0 < written < 300
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_filesystem)], check=True)
-    resumed = _run(*args)
+    resumed = cli_subprocess(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert run_record(out)["counts"]["skipped"] == written and len(_files(out, "*.jpg")) == 300
 
@@ -255,7 +236,7 @@ def test_a_read_only_output_folder_is_one_clear_error(big_set, small_filesystem)
     out = small_filesystem / "backgrounds"
     out.mkdir()
     subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], check=True)
-    result = _run("inpaint", big_set, big_set.parent / "masks" / "train", "-o", out, "--workers", "2")
+    result = cli_subprocess("inpaint", big_set, big_set.parent / "masks" / "train", "-o", out, "--workers", "2")
     assert result.returncode == 2, result.stderr
     assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
     assert not _files(out, "*.jpg")

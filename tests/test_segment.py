@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from PIL import Image
 import badfiles
 from autobackswap_cli.images import TEMP_PREFIX, read_mask, scan_image_folder
 from autobackswap_cli.sample_data import SampleSpec, generate
-from conftest import SAMPLE_DATA, cli, cli_subprocess, run_record
+from conftest import SAMPLE_DATA, cli, cli_background, cli_subprocess, run_record, wait_until
 
 
 def test_segment_writes_soft_masks_at_image_size_with_preview(small_sample, tiny_checkpoint, tmp_path):
@@ -87,18 +85,11 @@ def _big_set(root: Path) -> Path:
 
 
 def _start_segment(data: Path, ckpt: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "autobackswap_cli", "segment", str(data), "-m", str(ckpt), "-o", str(out), "--refine", "grabcut", "--workers", "1", "--batch-size", "4", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )
+    return cli_background("segment", data, "-m", ckpt, "-o", out, "--refine", "grabcut", "--workers", "1", "--batch-size", "4", "--no-progress")
 
 
-def _wait_for_masks(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    t0 = time.time()
-    while len(list(out.rglob("*.png"))) < n:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() - t0 < timeout
-        time.sleep(0.05)
+def _wait_for_masks(out: Path, n: int, proc: subprocess.Popen) -> None:
+    wait_until(proc, lambda: len(list(out.rglob("*.png"))) >= n)
 
 
 def test_killed_segment_resumes_without_redoing_or_partial_files(tmp_path, tiny_checkpoint):
@@ -130,8 +121,8 @@ def test_sigterm_stops_cleanly_with_exit_143(tmp_path, tiny_checkpoint):
     _wait_for_masks(out, 20, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err.decode()  # 128 + SIGTERM
-    assert "interrupted (SIGTERM)" in err.decode() and "run the same command again" in " ".join(err.decode().split())
+    assert proc.returncode == 143, err  # 128 + SIGTERM
+    assert "interrupted (SIGTERM)" in err and "run the same command again" in " ".join(err.split())
     assert not list(out.rglob(TEMP_PREFIX + "*"))
     assert run_record(out)["status"] == "interrupted"
 

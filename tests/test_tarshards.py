@@ -8,9 +8,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ from PIL import Image
 
 from autobackswap_cli.images import TEMP_PREFIX
 from autobackswap_cli.tarshards import read_samples
-from conftest import cli, run_record
+from conftest import cli, cli_background, cli_subprocess, run_record, wait_until
 
 
 def _compose(sample: Path, out: Path, *extra, expect: int = 0):
@@ -77,25 +74,22 @@ def test_a_killed_run_resumes_at_shard_granularity(tmp_path):
     generate(tmp_path / "s", SampleSpec(seed=4, size=64, train_per_class=60, test_per_group=1, labelled=0, grid=8))
     s = tmp_path / "s"
 
-    def command(out: Path) -> list[str]:
-        return [str(a) for a in (sys.executable, "-m", "autobackswap_cli", "compose", s / "train", s / "masks/train", s / "backgrounds/train",
-                                 "-o", out, "--per-image", 3, "--output-format", "webdataset", "--shard-size", 30, "--workers", 1, "--no-progress")]
+    def command(out: Path) -> list:
+        return ["compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", out, "--per-image", 3,
+                "--output-format", "webdataset", "--shard-size", 30, "--workers", 1, "--no-progress"]
 
-    proc = subprocess.Popen(command(tmp_path / "out"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    t0 = time.time()
-    while len(list((tmp_path / "out").glob("shard-*.tar"))) < 2:
-        assert proc.poll() is None and time.time() - t0 < 120
-        time.sleep(0.02)
+    proc = cli_background(*command(tmp_path / "out"))
+    wait_until(proc, lambda: len(list((tmp_path / "out").glob("shard-*.tar"))) >= 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = {t: t.stat().st_mtime_ns for t in (tmp_path / "out").glob("shard-*.tar")}
     assert 2 <= len(finished) < 18  # 180 images x 3 = 540 samples, 30 per tar
-    result = subprocess.run(command(tmp_path / "out"), capture_output=True, text=True)
+    result = cli_subprocess(*command(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert all(t.stat().st_mtime_ns == m for t, m in finished.items())  # finished tars are not redone
     assert len(list((tmp_path / "out").glob("shard-*.tar"))) == 18 and not list((tmp_path / "out").rglob(TEMP_PREFIX + "*"))
     assert json.loads((tmp_path / "out" / "index.json").read_text())["nsamples"] == 540
     fresh = tmp_path / "fresh"
-    subprocess.run(command(fresh), check=True, capture_output=True)
+    assert cli_subprocess(*command(fresh)).returncode == 0
     for t in sorted((tmp_path / "out").glob("shard-*.tar")):
         assert t.read_bytes() == (fresh / t.name).read_bytes()

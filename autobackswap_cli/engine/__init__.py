@@ -23,7 +23,7 @@ from .loop import RunReport, run_step
 from .options import (PRECISIONS, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device, resolve_devices,
                       resolve_precision, resolve_shard, shard_from_env)
 from .progress import console, make_progress, print_summary
-from .record import (PAPER_THRESHOLDS, RUN_RECORD, build_record, mask_threshold, record_interrupted_training, record_path, status_of,
+from .record import (PAPER_THRESHOLDS, RUN_RECORD, build_record, mask_threshold, model_record_path, record_interrupted_training, record_path, status_of,
                      write_run_record)
 from .signals import Interrupted, as_interrupted, stop_on_signals
 from .scan import prepare_items, read_items
@@ -33,5 +33,5 @@ __all__ = [
     "FailFast", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "RunOptions", "Shard",
     "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_devices", "resolve_precision", "resolve_shard",
     "shard_from_env", "console", "make_progress", "print_summary", "PAPER_THRESHOLDS", "RUN_RECORD", "build_record",
-    "mask_threshold", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "read_items", "Step",
+    "mask_threshold", "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "read_items", "Step",
 ]

@@ -175,7 +175,7 @@ class _ListedFolders:
         return name in names
 
 
-def _finished_earlier(outputs: list[Path], exists=os.path.exists) -> bool:
+def _finished_earlier(outputs: list[Path], exists: _ListedFolders) -> bool:
     return bool(outputs) and all(exists(p) for p in outputs)
 
 
@@ -284,11 +284,10 @@ class _Computers:
 
     def __init__(self, replicas: list[Step]):
         self.replicas, self.parallel = replicas, len(replicas)
-        for replica in replicas:
-            replica.setup()
         self.threads = ThreadPoolExecutor(self.parallel, thread_name_prefix="compute") if self.parallel > 1 else None
         self.free: queue.SimpleQueue = queue.SimpleQueue()
         for replica in replicas:
+            replica.setup()
             self.free.put(replica)
 
     def submit(self, batch: list) -> Future:

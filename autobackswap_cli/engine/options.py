@@ -94,14 +94,14 @@ class RunOptions:
         return d
 
 
-def launcher_local_rank(env: Mapping[str, str] | None = None) -> tuple[int, str] | None:
+def launcher_local_rank(env: Mapping[str, str] | None = None) -> int | None:
     """This process's rank on its machine when a launcher started several per machine: torchrun's ``LOCAL_RANK``,
     or SLURM's ``SLURM_LOCALID`` in a step of several tasks. None otherwise."""
     env = os.environ if env is None else env
     if "LOCAL_RANK" in env:
-        return int(env["LOCAL_RANK"]), "LOCAL_RANK"
+        return int(env["LOCAL_RANK"])
     if "SLURM_LOCALID" in env and int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1) > 1:
-        return int(env["SLURM_LOCALID"]), "SLURM_LOCALID"
+        return int(env["SLURM_LOCALID"])
     return None
 
 
@@ -125,7 +125,7 @@ def resolve_device(name: str = "auto"):
         dev = torch.device(name)
         count = torch.cuda.device_count()
         if dev.index is None and (rank := launcher_local_rank()) is not None:
-            return torch.device("cuda", rank[0] % count)
+            return torch.device("cuda", rank % count)
         if dev.index is not None and dev.index >= count:
             raise StepError(f"--device {name}: only {count} CUDA device(s) present")
         return dev

@@ -41,16 +41,20 @@ def write_run_record(path: Path, record: dict) -> None:
     write_bytes_atomic(path, (json.dumps(record, indent=2, default=str) + "\n").encode())
 
 
-def record_interrupted_training(record_file: Path, step: str, exc: KeyboardInterrupt, *, options: dict, counts: dict,
+def model_record_path(model: Path) -> Path:
+    """Where a trainer's run record goes: beside its model file (``model.safetensors.json``)."""
+    return Path(model).with_name(Path(model).name + ".json")
+
+
+def record_interrupted_training(model: Path, step: str, exc: KeyboardInterrupt, *, options: dict, counts: dict,
                                 wall_time_s: float, failures: list[dict] = ()) -> BaseException:
-    """A trainer stopped by Ctrl-C / SIGTERM: write its record ("interrupted", no model) and return the exception
-    to raise, with what the user can do next."""
+    """A trainer stopped by Ctrl-C / SIGTERM before saving ``model``: write its record ("interrupted", no model)
+    and return the exception to raise, with what the user can do next."""
     from .signals import as_interrupted
 
-    model = Path(record_file).with_suffix("") if Path(record_file).suffix == ".json" else None
-    kept = f"; the model already at {model} (from an earlier run) is untouched" if model is not None and model.exists() else ""
-    write_run_record(Path(record_file), build_record(step, status="interrupted", options=options, counts=counts,
-                                                     wall_time_s=wall_time_s, failures=failures, model=None))
+    kept = f"; the model already at {model} (from an earlier run) is untouched" if Path(model).exists() else ""
+    write_run_record(model_record_path(model), build_record(step, status="interrupted", options=options, counts=counts,
+                                                            wall_time_s=wall_time_s, failures=failures, model=None))
     return as_interrupted(exc, hint=f"no model was saved{kept}; run the same command again to train from the start")
 
 

@@ -70,7 +70,7 @@ class InpaintStep(Step):
 
     def replicas(self) -> list[InpaintStep]:
         """A model backend on ``--device cuda`` with several GPUs: one copy of the step (and model) per GPU."""
-        if not self.inpainter.uses_model or self.options.device in ("cpu", "mps"):
+        if not self.inpainter.uses_model:
             return [self]
         self.devices = [str(d) for d in resolve_devices(self.options.device)]
         if len(self.devices) == 1:

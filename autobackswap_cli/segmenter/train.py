@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine import (StepError, build_record, console, make_progress, prepare_items, read_items, record_interrupted_training, resolve_device,
-                      status_of, write_run_record)
+from ..engine import (StepError, build_record, console, make_progress, model_record_path, prepare_items, read_items,
+                      record_interrupted_training, resolve_device, status_of, write_run_record)
 from ..images import read_image
 from ..labels import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
 from .calibrate import calibrate_thresholds
@@ -252,7 +252,7 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
         best, history = _fit(model, data, opts, grid, device, progress)
     except KeyboardInterrupt as exc:
         raise record_interrupted_training(
-            out_path.with_name(out_path.name + ".json"), "train-segmenter", exc, options=asdict(opts),
+            out_path, "train-segmenter", exc, options=asdict(opts),
             counts={"labelled": len(labelled), "used": len(data.keys), "failed": len(failures)},
             wall_time_s=time.perf_counter() - t0, failures=failures) from None
     held_out = data.val_idx or data.train_idx
@@ -266,7 +266,7 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
     extra = {"labels": {"dir": str(labels_dir), "grid": grid, "method": info.method}, "val_items": [data.keys[i] for i in data.val_idx],
              "thresholds": thresholds}
     save_checkpoint(out_path, model.cpu(), size, options, metrics, extra=extra)
-    write_run_record(out_path.with_name(out_path.name + ".json"), build_record(
+    write_run_record(model_record_path(out_path), build_record(
         "train-segmenter", status=status_of(len(failures)), options=options,
         counts={"labelled": len(labelled), "used": len(data.keys), "failed": len(failures)},
         wall_time_s=time.perf_counter() - t0, failures=failures, checkpoint=str(out_path),
