@@ -1,8 +1,9 @@
 """The ``autobackswap`` command line: one thin function per subcommand, options -> one library call.
 
-Exit codes: 0 all items done, 1 some items failed (listed at the end and in the
-run record), 2 the run could not start or had to stop (bad arguments, missing inputs,
-an output that cannot be written), 130 interrupted by Ctrl-C, 143 by SIGTERM (128 + the signal).
+Exit codes: 0 all items done (images left out with no foreground are listed, not
+failed), 1 some items failed (listed at the end and in the run record), 2 the run
+could not start or had to stop (bad arguments, missing inputs, an output that cannot
+be written), 130 interrupted by Ctrl-C, 143 by SIGTERM (128 + the signal).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ its image unless jitter (scale, rotation, shift) is asked for, and always inside
 the frame. Backgrounds are scaled to cover the foreground image's size, keeping
 their aspect ratio, and centre-cropped. Every random choice comes from a generator
 seeded by (seed, image path, composite index), so results do not depend on
-workers, shards or order, and reruns are byte-identical.
+workers, shards or order, and reruns are byte-identical. An image whose tight mask holds
+no foreground is left out (``NoForeground``: counted and listed in the run record, not a
+failure); ``BackSwapDataset`` gives such an image back as it is.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import cv2
 import numpy as np
 
 from .choices import BackgroundsFrom
-from .engine import RunReport, Step, StepError, console, mask_threshold
+from .engine import NoForeground, RunReport, Step, StepError, console, mask_threshold
 from .manifest import ManifestSpool
 from .tarshards import Sample, describe_tar, read_index, sample_key, write_index, write_tar
 from .images import ImageError, ImageItem, bounding_box, encode_image, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
@@ -276,13 +278,14 @@ class Compositor:
 
     def alpha(self, item: ImageItem, size_hw: tuple[int, int] | None, required: bool = True) -> np.ndarray:
         """The item's cut-out alpha (its mask must have ``size_hw`` when given); with ``required``, a missing mask
-        or an empty cut-out is an ``ImageError`` naming the reason."""
+        is an ``ImageError`` naming the reason and an empty cut-out a ``NoForeground`` (the image is left out,
+        counted apart from failures)."""
         mask_path = mirror_path(self.masks_dir, item.rel, ".png")
         if required and not mask_path.exists():
             raise ImageError(f"no mask for this image (expected {mask_path})")
         alpha = foreground_alpha(read_mask(mask_path, size_hw), self.tight, self.feather)
         if required and not alpha.any():
-            raise ImageError(f"no foreground in the mask at P(fg) >= {self.tight}: nothing to compose")
+            raise NoForeground(f"no foreground in the mask at P(fg) >= {self.tight}: nothing to compose")
         return alpha
 
     def background(self, rel: str, height: int, width: int) -> np.ndarray:
@@ -558,7 +561,8 @@ class BackSwapDataset:
     ``dataset[i]`` is ``(image, class_index)`` for the i-th image of DATA (ImageFolder order):
     its foreground on a background chosen and placed as ``compose`` would, as a PIL image
     (or ``transform(image)``). Call ``set_epoch(e)`` each epoch for reproducible, changing
-    combinations; with ``p_original`` the original image is returned that often instead.
+    combinations; with ``p_original`` the original image is returned that often instead, and
+    always for an image whose mask has no foreground (nothing to cut out).
     """
 
     def __init__(self, data_dir: Path | str, masks_dir: Path | str, backgrounds_dir: Path | str,

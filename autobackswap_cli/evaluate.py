@@ -19,7 +19,9 @@ classes (a de-biased test set), point it at the training set's backgrounds.
 With a groups CSV (``image,background`` columns; image relative to TEST) the
 original images are also scored per (class, background group), and the worst group
 is reported. Background choices come from (seed, image, variant), so a rerun gives
-the same numbers and a byte-identical JSON.
+the same numbers and a byte-identical JSON. A test image whose mask has no foreground
+has no only-fg or mixed variant: it is left out of every variant and counted apart
+(``images.no_foreground``), not as a failure.
 """
 
 from __future__ import annotations
@@ -73,11 +75,13 @@ class EvaluateOptions:
 
 @dataclass
 class Evaluation:
-    """What ``evaluate`` found: ``report`` is the JSON; ``failures`` lists the test images that could not be used."""
+    """What ``evaluate`` found: ``report`` is the JSON; ``failures`` lists the test images that could not be used,
+    ``no_foreground`` those left out because their mask has no foreground (no failure)."""
 
     report: dict
     failures: list[dict] = field(default_factory=list)
     wall_time_s: float = 0.0
+    no_foreground: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- the variants
@@ -139,6 +143,7 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
 
     correct = {m.name: {v: {} for v in VARIANTS} for m in models}
     failures: list[dict] = []
+    no_foreground: list[str] = []
     preview_keys = {it.key for it in spread_sample(items, PREVIEW_IMAGES)}
     preview_tiles: list[np.ndarray] = []
 
@@ -150,7 +155,7 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
                     correct[model.name][variant][item.key] = label_names[model.name][index] == item.cls
 
     built: list[tuple[ImageItem, dict]] = []
-    for item, variants in read_items(items, make_variants, failures, description="evaluate", progress=progress):
+    for item, variants in read_items(items, make_variants, failures, description="evaluate", progress=progress, no_foreground=no_foreground):
         if item.key in preview_keys:
             preview_tiles += [variants[v] for v in VARIANTS]
         built.append((item, variants))
@@ -167,12 +172,14 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
         "groups_csv": str(options.groups) if options.groups else None,
         "seed": options.seed,
         "classes": classes,
-        "images": {"total": len(items), "evaluated": len(items) - len(failures), "failed": len(failures)},
+        "images": {"total": len(items), "evaluated": len(items) - len(failures) - len(no_foreground), "failed": len(failures),
+                   "no_foreground": len(no_foreground)},
         "variants": list(VARIANTS),
         "models": [_model_report(m, correct[m.name], groups, items) for m in models],
         "failures": failures,
+        "no_foreground": sorted(no_foreground),
     }
-    evaluation = Evaluation(report, failures, time.perf_counter() - t0)
+    evaluation = Evaluation(report, failures, time.perf_counter() - t0, no_foreground=sorted(no_foreground))
     if options.json_path:
         write_bytes_atomic(options.json_path, (json.dumps(report, indent=2) + "\n").encode())
     if options.chart:
@@ -256,9 +263,9 @@ def print_report(evaluation: Evaluation) -> None:
         for i, g in enumerate(models[0]["groups"]):
             per_group.add_row(f"{g['class']} on {g['background']}", str(g["images"]), *(_fmt(m["groups"][i]["accuracy"]) for m in models))
         console.print(per_group)
-    if evaluation.failures:
+    if evaluation.failures or evaluation.no_foreground:
         print_summary(RunReport(step="evaluate", out_dir=report["test"], total=report["images"]["total"], done=report["images"]["evaluated"],
-                                failures=evaluation.failures, wall_time_s=evaluation.wall_time_s))
+                                failures=evaluation.failures, no_foreground=evaluation.no_foreground, wall_time_s=evaluation.wall_time_s))
 
 
 def _worst(model: dict) -> str:

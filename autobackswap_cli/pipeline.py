@@ -105,7 +105,9 @@ def work_paths(work: Path) -> dict[str, Path]:
 
 def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions) -> list[RunReport]:
     """Run every step in order; returns the item steps' reports (failures do not stop later steps). WORK gets a
-    run record with every step's options (``run --config`` replays it)."""
+    run record with every step's options (``run --config`` replays it). An image with no foreground is no
+    failure: segment writes its empty mask, inpaint keeps it as its own background, compose leaves it out and
+    counts it (``no_foreground``); only failures make the exit code 1."""
     t0 = time.perf_counter()
     paths = work_paths(work)
     Path(work).mkdir(parents=True, exist_ok=True)
@@ -134,7 +136,7 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
     reports.append(run_step(compose, items, options.run, warnings))
     print_summary(reports[-1])
     failed = sum(r.failed for r in reports)
-    counts = {r.step: {"done": r.done, "skipped": r.skipped, "failed": r.failed} for r in reports}
+    counts = {r.step: {"done": r.done, "skipped": r.skipped, "failed": r.failed, "no_foreground": len(r.no_foreground)} for r in reports}
     write_run_record(record_path(Path(work), options.run.shard), build_record("run", status=status_of(failed), options=options.recorded(), counts=counts,
                                                            wall_time_s=time.perf_counter() - t0, data=str(data), labels=str(labels)))
     return reports

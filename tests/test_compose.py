@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import shutil
 import signal
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from autobackswap_cli.compose import BackSwapDataset, ComposeOptions, Placement, fit_background, foreground_alpha, placement_matrix
 from autobackswap_cli.images import TEMP_PREFIX, read_image, read_mask
 from autobackswap_cli.sample_data import SampleSpec, generate
+from badfiles import truncated_jpeg
 from conftest import cli, cli_background, cli_subprocess, run_record, wait_until
 
 
@@ -108,20 +111,50 @@ def test_only_fg_and_only_bg_variants(small_sample, tmp_path):
     assert np.array_equal(read_image(tmp_path / "bg" / row["output"]), read_image(small_sample / "backgrounds/train" / row["foreground"]))
 
 
-def test_missing_mask_and_empty_foreground_fail_that_image(small_sample, tmp_path):
-    import shutil
+def _masks_with_an_empty_one(sample: Path, folder: Path, rel: str = "disc/disc_0001.png") -> Path:
+    """A copy of the sample's masks in which ``rel`` is all black: no foreground at any threshold."""
+    shutil.copytree(sample / "masks/train", folder)
+    size = Image.open(folder / rel).size
+    Image.new("L", size, 0).save(folder / rel)
+    return folder
 
-    masks = tmp_path / "masks"
-    shutil.copytree(small_sample / "masks/train", masks)
+
+def test_missing_mask_fails_that_image_and_an_empty_one_is_counted_apart(small_sample, tmp_path):
+    masks = _masks_with_an_empty_one(small_sample, tmp_path / "masks")
     (masks / "disc/disc_0000.png").unlink()
-    from PIL import Image
-
-    size = Image.open(masks / "disc/disc_0001.png").size
-    Image.new("L", size, 0).save(masks / "disc/disc_0001.png")
     cli("compose", small_sample / "train", masks, small_sample / "backgrounds/train", "-o", tmp_path / "out", "--no-progress", "--workers", "0", expect=1)
-    reasons = {f["item"]: f["reason"] for f in run_record(tmp_path / "out")["failures"]}
-    assert "no mask" in reasons["disc/disc_0000.jpg"] and "no foreground" in reasons["disc/disc_0001.jpg"]
+    record = run_record(tmp_path / "out")
+    reasons = {f["item"]: f["reason"] for f in record["failures"]}
+    assert list(reasons) == ["disc/disc_0000.jpg"] and "no mask" in reasons["disc/disc_0000.jpg"]
+    assert record["no_foreground"] == ["disc/disc_0001.jpg"] and record["counts"]["no_foreground"] == 1
     assert len(_manifest(tmp_path / "out")) == 22
+
+
+def test_an_image_with_no_foreground_is_counted_and_listed_not_failed(small_sample, tmp_path):
+    masks = _masks_with_an_empty_one(small_sample, tmp_path / "masks")
+    out = tmp_path / "out"
+    args = ("compose", small_sample / "train", masks, small_sample / "backgrounds/train", "-o", out, "--no-progress", "--workers", "1")
+    text = " ".join(cli(*args, "--fail-fast").output.split())  # exit 0, and --fail-fast does not stop at it
+    assert "compose: 23 done, 0 skipped (already finished), 0 failed, no foreground: 1 image of 24" in text
+    assert "no foreground (left out, not failures): disc/disc_0001.jpg" in text
+    record = run_record(out)
+    assert record["status"] == "completed" and record["failures"] == [] and record["no_foreground"] == ["disc/disc_0001.jpg"]
+    assert record["counts"] == {"total": 24, "done": 23, "skipped": 0, "failed": 0, "no_foreground": 1}
+    outputs = _outputs(out)
+    assert len(outputs) == 23 and not any(o.startswith("disc/disc_0001__") for o in outputs) and len(_manifest(out)) == 23
+    # a rerun looks at its mask again (it has no output to mark it finished): counted again, never a failure
+    cli(*args)
+    assert run_record(out)["counts"] == {"total": 24, "done": 0, "skipped": 23, "failed": 0, "no_foreground": 1}
+    # bad files stay failures beside it: a corrupt image and a mask of the wrong size
+    data = tmp_path / "data"
+    shutil.copytree(small_sample / "train", data)
+    truncated_jpeg(data / "disc/broken.jpg")
+    Image.new("L", (10, 10), 255).save(masks / "cross/cross_0000.png")
+    result = cli("compose", data, masks, small_sample / "backgrounds/train", "-o", tmp_path / "bad", "--no-progress", "--workers", "1", expect=1)
+    record = run_record(tmp_path / "bad")
+    assert sorted(f["item"] for f in record["failures"]) == ["cross/cross_0000.jpg", "disc/broken.jpg"]
+    assert record["counts"] == {"total": 25, "done": 22, "skipped": 0, "failed": 2, "no_foreground": 1}
+    assert "2 failed, no foreground: 1 image of 25" in " ".join(result.output.split())
 
 
 def test_killed_compose_resumes_without_partial_files_and_a_full_manifest(tmp_path):

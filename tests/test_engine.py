@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autobackswap_cli.engine import FailFast, RunOptions, Shard, Step, StepError, parse_shard, prepare_items, run_step, shard_from_env
+from autobackswap_cli.engine import FailFast, NoForeground, RunOptions, Shard, Step, StepError, parse_shard, prepare_items, run_step, shard_from_env
 from autobackswap_cli.images import TEMP_PREFIX, mirror_path, read_image, write_image_atomic
 
 
@@ -44,6 +44,21 @@ class InvertStep(Step):
     def write(self, item, result):
         write_image_atomic(mirror_path(self.out_dir, item.rel, ".png"), result)
         return int(result.mean())
+
+
+class CutOutStep(InvertStep):
+    """An InvertStep with nothing to do for an all-black image (``NoForeground``): raised in ``process``, or for
+    the whole batch in ``compute`` (the engine then isolates the item)."""
+
+    name = "cut-out"
+
+    def process(self, item):
+        return self._compute([read_image(item.path)])[0]
+
+    def _compute(self, batch):
+        if any(not image.any() for image in batch):
+            raise NoForeground("no foreground in the mask")
+        return [255 - image for image in batch]
 
 
 def _folder(root: Path, n: int = 10, bad: int = 0) -> Path:
@@ -82,6 +97,24 @@ def test_outputs_do_not_depend_on_workers_or_batching(tmp_path, workers, batched
         assert step.batch_sizes == [4, 4, 2]
 
 
+@pytest.mark.parametrize("batched, workers", [(False, 2), (True, 0)])
+def test_no_foreground_is_counted_and_listed_apart_from_failures(tmp_path, batched, workers):
+    data = _folder(tmp_path / "data")
+    for name in ("a/000.png", "b/001.png"):
+        Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(data / name)
+    items, _ = prepare_items(data)
+    out = tmp_path / "out"
+    options = RunOptions(workers=workers, batch_size=4, fail_fast=True, progress=False)  # --fail-fast goes on
+    report = run_step(CutOutStep(out, batched), items, options)
+    assert (report.done, report.failed, sorted(report.no_foreground), report.ok) == (8, 0, ["a/000.png", "b/001.png"], True)
+    record = json.loads((out / "autobackswap.json").read_text())
+    assert record["status"] == "completed" and record["failures"] == [] and record["no_foreground"] == ["a/000.png", "b/001.png"]
+    assert record["counts"] == {"total": 10, "done": 8, "skipped": 0, "failed": 0, "no_foreground": 2}
+    assert not mirror_path(out, items[0].rel, ".png").exists()
+    report = run_step(CutOutStep(out, batched), items, options)  # checked again on a rerun: no output marks them finished
+    assert (report.done, report.skipped, len(report.no_foreground)) == (0, 8, 2)
+
+
 def test_shards_partition_the_items_and_write_their_own_records(tmp_path):
     data = _folder(tmp_path / "data", n=11)
     items, _ = prepare_items(data)
@@ -102,7 +135,7 @@ def test_rerun_skips_finished_and_overwrite_redoes(tmp_path):
     report = run_step(InvertStep(out, True), items, RunOptions(workers=0, progress=False))
     assert (report.done, report.skipped) == (4, 6)
     record = json.loads((out / "autobackswap.json").read_text())
-    assert record["counts"] == {"total": 10, "done": 4, "skipped": 6, "failed": 0}
+    assert record["counts"] == {"total": 10, "done": 4, "skipped": 6, "failed": 0, "no_foreground": 0}
     assert record["step"] == "invert" and record["status"] == "completed" and record["wall_time_s"] >= 0
     report = run_step(InvertStep(out, True), items, RunOptions(workers=0, overwrite=True, progress=False))
     assert (report.done, report.skipped) == (10, 0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from autobackswap_cli.classifier import META_FILE
@@ -72,7 +73,7 @@ def test_a_background_colour_model_scores_high_on_mixed_same_and_chance_on_mixed
     assert min(acc["original"], acc["mixed-same"], acc["only-bg"]) >= 0.95
     assert 0.2 <= acc["mixed-rand"] <= 0.5 and acc["mixed-next"] <= 0.05
     assert model["bg_gap"] == round(acc["mixed-same"] - acc["mixed-rand"], 5) and model["bg_gap"] >= 0.5
-    assert report["images"] == {"total": 180, "evaluated": 180, "failed": 0} and report["failures"] == []
+    assert report["images"] == {"total": 180, "evaluated": 180, "failed": 0, "no_foreground": 0} and report["failures"] == []
     assert report["classes"] == ["cross", "disc", "triangle"] and list(acc) == report["variants"]
     assert model["name"] == "colour" and model["groups"] is None and model["worst_group"] is None
     assert read_image(tmp_path / "chart.png").shape == (440, 960, 3)
@@ -123,7 +124,7 @@ def test_torchvision_arch_with_a_local_state_dict(small_sample, tmp_path):
     assert model["accuracy"] == {v: 0.33333 for v in model["accuracy"]} and len(model["accuracy"]) == 6  # 6 of 18 are discs
 
 
-def test_bad_inputs_are_named_and_one_missing_mask_fails_only_that_image(colour_model, small_sample, tmp_path):
+def test_bad_inputs_are_named_one_missing_mask_fails_only_that_image_and_an_empty_one_is_left_out(colour_model, small_sample, tmp_path):
     test, backgrounds = small_sample / "test", small_sample / "backgrounds/test"
     missing = _evaluate(test, tmp_path / "nope", backgrounds, "--torchscript", colour_model, expect=2)
     assert "masks folder not found" in missing.output
@@ -132,9 +133,15 @@ def test_bad_inputs_are_named_and_one_missing_mask_fails_only_that_image(colour_
     (masks / "disc" / "disc_grass_000.png").unlink()
     result = _evaluate(test, masks, backgrounds, "--torchscript", colour_model, "--json", tmp_path / "r.json", expect=1)
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["images"] == {"total": 18, "evaluated": 17, "failed": 1}
+    assert report["images"] == {"total": 18, "evaluated": 17, "failed": 1, "no_foreground": 0}
     assert report["failures"][0]["item"] == "disc/disc_grass_000.jpg" and "no mask" in report["failures"][0]["reason"]
     assert "disc/disc_grass_000.jpg" in result.output
+    shutil.copy(small_sample / "masks/test/disc/disc_grass_000.png", masks / "disc/disc_grass_000.png")
+    Image.new("L", Image.open(masks / "disc/disc_water_000.png").size, 0).save(masks / "disc/disc_water_000.png")
+    result = _evaluate(test, masks, backgrounds, "--torchscript", colour_model, "--json", tmp_path / "r.json")  # no foreground: exit 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["images"] == {"total": 18, "evaluated": 17, "failed": 0, "no_foreground": 1} and report["failures"] == []
+    assert report["no_foreground"] == ["disc/disc_water_000.jpg"] and "no foreground: 1 image of 18" in " ".join(result.output.split())
     state_dict = tmp_path / "state.pt"
     torch.save({"w": torch.zeros(1)}, state_dict)
     assert "holds weights only" in _evaluate(test, masks, backgrounds, "-m", state_dict, expect=2).output

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
+from PIL import Image
+
+from badfiles import truncated_jpeg
 from conftest import cli, run_record
 
 
@@ -23,6 +27,28 @@ def test_run_chains_all_steps_and_resumes(small_sample, tmp_path):
     result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", work, "--no-progress", "--workers", "1")
     assert "exists, kept" in " ".join(result.output.split())
     assert run_record(work / "composites")["counts"]["skipped"] == 24
+
+
+def test_run_exits_0_when_the_only_images_left_out_have_no_foreground(small_sample, tiny_checkpoint, tmp_path):
+    work = tmp_path / "work"  # a run that got as far as compose: segmenter, masks (one all black), backgrounds
+    work.mkdir()
+    shutil.copy(tiny_checkpoint, work / "segmenter.safetensors")
+    shutil.copytree(small_sample / "masks/train", work / "masks")
+    shutil.copytree(small_sample / "backgrounds/train", work / "backgrounds")
+    Image.new("L", Image.open(work / "masks/disc/disc_0001.png").size, 0).save(work / "masks/disc/disc_0001.png")
+    args = ("--labels", small_sample / "labels", "--no-progress", "--workers", "1", "--fail-fast")
+    result = cli("run", small_sample / "train", "-o", work, *args)
+    assert "no foreground: 1 image of 24" in " ".join(result.output.split())
+    assert len(_manifest(work / "composites")) == 23 and not list((work / "composites/disc").glob("disc_0001__*"))
+    record = run_record(work / "composites")
+    assert record["no_foreground"] == ["disc/disc_0001.jpg"] and record["counts"]["failed"] == 0
+    summary = run_record(work)
+    assert summary["status"] == "completed" and summary["counts"]["compose"] == {"done": 23, "skipped": 0, "failed": 0, "no_foreground": 1}
+    data = tmp_path / "data"  # a corrupt image beside it still fails the run
+    shutil.copytree(small_sample / "train", data)
+    truncated_jpeg(data / "disc/broken.jpg")
+    cli("run", data, "-o", work, *args[:-1], expect=1)
+    assert run_record(work)["counts"]["compose"] == {"done": 0, "skipped": 23, "failed": 1, "no_foreground": 1}
 
 
 def test_run_with_shards_wants_the_segmenter_trained_first(small_sample, tmp_path):

@@ -61,7 +61,7 @@ def test_bad_inputs_are_listed_and_the_run_goes_on(tmp_path, tiny_checkpoint):
     assert "not an image" in reasons["cat/notes.png"] and "too large" in reasons["dog/huge.png"]
     for name in reasons:
         assert name in text
-    assert record["counts"] == {"total": 10, "done": 6, "skipped": 0, "failed": 4}
+    assert record["counts"] == {"total": 10, "done": 6, "skipped": 0, "failed": 4, "no_foreground": 0}
     assert read_mask(out / "dog/rotated.png").shape == (80, 48)  # EXIF-rotated: the shown orientation
     for name in ("cmyk", "deep", "alpha", "palette"):
         assert read_mask(out / f"dog/{name}.png").shape == (48, 80)

@@ -2,7 +2,8 @@
 
 Rooms (img2dataset style), one role each:
 
-* ``errors``   StepError (whole run, exit 2), FailFast, the one-line reason of a failed item;
+* ``errors``   StepError (whole run, exit 2), FailFast, the one-line reason of a failed item, NoForeground (an
+  item left out, counted apart: no failure);
 * ``options``  RunOptions (workers, batch size, shard, overwrite), shards from --shard / torchrun / SLURM,
   devices and precision;
 * ``scan``     the reader: ``prepare_items`` scans DATA; ``read_items`` reads items in the main process,
@@ -18,7 +19,7 @@ Rooms (img2dataset style), one role each:
 Steps never copy the loop: they subclass ``Step`` and call ``run_step``.
 """
 
-from .errors import FailFast, StepError, failure_reason
+from .errors import FailFast, NoForeground, StepError, failure_reason
 from .loop import RunReport, run_step
 from .options import (PRECISIONS, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device, resolve_devices,
                       resolve_precision, resolve_shard, shard_from_env)
@@ -30,7 +31,7 @@ from .scan import prepare_items, read_items
 from .step import Step
 
 __all__ = [
-    "FailFast", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "RunOptions", "Shard",
+    "FailFast", "NoForeground", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "RunOptions", "Shard",
     "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_devices", "resolve_precision", "resolve_shard",
     "shard_from_env", "console", "make_progress", "print_summary", "PAPER_THRESHOLDS", "RUN_RECORD", "build_record",
     "mask_threshold", "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "read_items", "Step",

@@ -1,4 +1,5 @@
-"""What goes wrong, and how it is told: run-level errors and the one-line reason of a failed item."""
+"""What goes wrong, and how it is told: run-level errors, the one-line reason of a failed item, and the one
+per-item outcome that is not a failure (no foreground)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,25 @@ class RunStopper(str):
     read-only, no permission)."""
 
 
+class NoForeground(ImageError):
+    """Raised by a step for an item whose mask holds no foreground (at the step's threshold): there is nothing to
+    make of it. Not a failure: the engine counts and lists it apart (``counts.no_foreground`` and
+    ``no_foreground`` in the run record, "no foreground: N images" in the summary), it leaves the exit code at 0
+    and ``--fail-fast`` goes on. It writes no output, so a rerun checks the item again (a mask read, no work): a
+    mask segmented anew with a foreground is then used, and an empty one is counted again, never retried as a
+    failure. An ``ImageError``: code that only knows those still leaves the item out."""
+
+
+class NoForegroundReason(str):
+    """The reason of an item a step left out with ``NoForeground``: a ``str``, as every item reason, whose type
+    says it is no failure (it travels back from workers and Ray tasks like ``RunStopper``)."""
+
+
 def failure_reason(exc: BaseException) -> str:
     """The one line a user reads for a failed item: an image problem as it was said, else the exception's type and
-    first line."""
+    first line. For ``NoForeground``, a ``NoForegroundReason``."""
+    if isinstance(exc, NoForeground):
+        return NoForegroundReason(str(exc))
     if isinstance(exc, ImageError):
         return str(exc)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -3,7 +3,9 @@
     items -> shard -> skip finished -> (prepare -> batch -> compute | process) in workers -> write in workers
 
 ``run_step`` plans the run, starts the workers, drives the items through the step's hooks with a progress bar, and
-writes the run record once, however the run ends.
+writes the run record once, however the run ends. Each item ends done, failed (a reason), or left out with no
+foreground (a step raised ``NoForeground``: counted and listed apart, no failure; it has no outputs, so a rerun
+checks it again).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..images import TEMP_PREFIX, ImageItem, remove_stale_temp_files
-from .errors import FailFast, RunStopper, StepError, failure_reason
+from .errors import FailFast, NoForegroundReason, RunStopper, StepError, failure_reason
 from .lock import output_lock
 from .options import RunOptions, Shard
 from .progress import console, make_progress, status_text
@@ -39,6 +41,7 @@ class RunReport:
     done: int = 0
     skipped: int = 0
     failures: list[dict] = field(default_factory=list)
+    no_foreground: list[str] = field(default_factory=list)  # items left out with NoForeground: not failures
     warnings: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
     interrupted: bool = False
@@ -212,6 +215,9 @@ class _Drive:
         if ok:
             self.report.done += 1
             self.step.collect(item, value)
+        elif isinstance(value, NoForegroundReason):  # counted and listed, no failure: --fail-fast goes on
+            self.report.no_foreground.append(str(item.rel))
+            self.progress.console.print(f"[yellow]left out[/] {item.rel}: {value}")
         else:
             self.report.failures.append({"item": str(item.rel), "reason": str(value)})
             if isinstance(value, RunStopper):
@@ -348,9 +354,11 @@ def _record(step: Step, report: RunReport, options: RunOptions, started: datetim
         step.name,
         status=status_of(report.failed, report.interrupted, report.error),
         options={**options.record(), **step.recorded_options()},
-        counts={"total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed},
+        counts={"total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed,
+                "no_foreground": len(report.no_foreground)},
         wall_time_s=report.wall_time_s,
         failures=report.failures,
+        no_foreground=sorted(report.no_foreground),
         started=started,
         shard={"index": options.shard.index, "count": options.shard.count, "source": options.shard.source},
         error=report.error,

@@ -139,17 +139,29 @@ def status_text(report: RunReport) -> str:
         parts.append(f"skipped {report.skipped}")
     if report.failures:
         parts.append(f"[red]failed {report.failed}[/]")
+    if report.no_foreground:
+        parts.append(f"[yellow]no foreground {len(report.no_foreground)}[/]")
     return " · ".join(parts)
 
 
+def _no_foreground_text(report: RunReport) -> str:
+    """``, no foreground: 3 images`` (nothing when there is none)."""
+    count = len(report.no_foreground)
+    return f", no foreground: {count} image{'s' if count != 1 else ''}" if count else ""
+
 
 def print_summary(report: RunReport) -> None:
-    """One line of counts, and a table of failures with their reasons."""
+    """One line of counts (with ``no foreground: N images`` when a step left images out for that: no failure),
+    the names of those images, and a table of failures with their reasons."""
     colour = "green" if report.ok else ("yellow" if not report.failures else "red")
     console.print(
         f"[{colour}]{report.step}[/]: {report.done} done, {report.skipped} skipped (already finished), "
-        f"{report.failed} failed of {report.total} in {report.wall_time_s:.1f}s -> {report.out_dir}"
+        f"{report.failed} failed{_no_foreground_text(report)} of {report.total} in {report.wall_time_s:.1f}s -> {report.out_dir}"
     )
+    if report.no_foreground:
+        names = sorted(report.no_foreground)
+        more = f" ... and {len(names) - 10} more" if len(names) > 10 else ""
+        console.print(f"[yellow]no foreground[/] (left out, not failures): {', '.join(names[:10])}{more}")
     if report.failures:
         table = Table(title=f"{report.failed} failed item(s)", show_lines=False)
         table.add_column("item")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..images import FolderScan, ImageError, ImageItem, is_inside, items_from_list, scan_image_folder
-from .errors import StepError
+from .errors import NoForeground, StepError
 from .progress import console, make_progress
 
 
@@ -54,18 +54,24 @@ def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Seq
 
 
 def read_items(items: Sequence[ImageItem], read: Callable[[ImageItem], Any], failures: list[dict], *,
-               description: str = "reading images", progress: bool = True) -> Iterator[tuple[ImageItem, Any]]:
+               description: str = "reading images", progress: bool = True,
+               no_foreground: list[str] | None = None) -> Iterator[tuple[ImageItem, Any]]:
     """Yield ``(item, read(item))`` under a progress bar; an item whose reading raises ``ImageError`` is said,
-    appended to ``failures`` as ``{"item", "reason"}`` (the run record's form) and left out. For the steps that
-    read all of their items in the main process (trainers, evaluate)."""
+    appended to ``failures`` as ``{"item", "reason"}`` (the run record's form) and left out. With a
+    ``no_foreground`` list, an item whose reading raises ``NoForeground`` is left out into it (its path), not
+    into ``failures``. For the steps that read all of their items in the main process (trainers, evaluate)."""
     with make_progress(transient=True, enabled=progress) as bar:
         task = bar.add_task(description, total=len(items), status="")
         for item in items:
             try:
                 value = read(item)
             except ImageError as exc:
-                failures.append({"item": str(item.rel), "reason": str(exc)})
-                bar.console.print(f"[red]skipped[/] {item.rel}: {exc}")
+                if isinstance(exc, NoForeground) and no_foreground is not None:
+                    no_foreground.append(str(item.rel))
+                    bar.console.print(f"[yellow]left out[/] {item.rel}: {exc}")
+                else:
+                    failures.append({"item": str(item.rel), "reason": str(exc)})
+                    bar.console.print(f"[red]skipped[/] {item.rel}: {exc}")
             else:
                 yield item, value
             bar.update(task, advance=1, status=f"[red]failed {len(failures)}[/]" if failures else "")
