@@ -47,8 +47,14 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
+## The [bench] extra: the benchmarks' photographs and peers (scikit-image, scikit-learn, onnxruntime, u2netp)
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
 ## bench: speed and quality against their floors and peers, side by side (~10 minutes on 2 cores; run on a quiet machine)
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/segment.py
 	$(BIN)/python benchmarks/inpaint.py
 	$(BIN)/python benchmarks/compose.py
@@ -57,10 +63,6 @@ bench: $(STAMP)
 
 ## bench-real: the real-photo benchmark (benchmarks/real_photos.py): our defaults beside the ceiling and a zero-label
 ## peer on real photographs, two variants, 3 classifier seeds (~1 hour on 2 cores). Installs the [bench] extra.
-BENCH_STAMP := $(VENV)/.installed-bench
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
-	touch $(BENCH_STAMP)
 bench-real: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/real_photos.py --json benchmarks/out/real_photos.json
 
