@@ -31,9 +31,17 @@ class Backbone:
     name: str
     build: Callable[[], nn.Module]  # the full torchvision model (or our own), random init
     truncate: Callable[[nn.Module], nn.Module]  # full model -> feature extractor at `stride`
-    stride: int
+    stride: int  # input pixels per patch at the default input size
     torchvision_name: str | None  # for torchvision's weight registry; None = our own, no pretrained weights
     description: str
+    # A whole segmenter of its own (grid, with its shipped weights?) -> model, for a backbone that is not a plain
+    # feature extractor under the patch head (u2netp: pixel logits); build/truncate are then unused.
+    segmenter: Callable[[int, bool], nn.Module] | None = None
+    # Training defaults (train-segmenter's --epochs / --lr / --patience when not given), chosen per backbone on
+    # benchmarks/real_photos.py: a frozen encoder's small head wants more, faster epochs than a whole network.
+    epochs: int = 40
+    lr: float = 2e-3
+    patience: int = 10
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -84,7 +92,76 @@ def _resnet_trunk(m: nn.Module) -> nn.Module:
     return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3)
 
 
-register(Backbone("small-cnn", SmallCNN, lambda m: m, 8, None, "small CNN from scratch (offline default, CPU friendly)"))
+def _stretched_logit(logits: torch.Tensor) -> torch.Tensor:
+    """The fused saliency min-max stretched per image, as a logit: u^2-net-p often finds the right object but
+    only at P 0.3-0.5 (rembg stretches its output the same way)."""
+    p = torch.sigmoid(logits[:, :1])
+    low, high = p.amin((2, 3), keepdim=True), p.amax((2, 3), keepdim=True)
+    q = ((p - low) / (high - low + 1e-4)).clamp(1e-3, 1 - 1e-3)
+    return torch.log(q / (1 - q))
+
+
+class SalientSegmenter(nn.Module):
+    """U^2-Net-p's salient-object logits, corrected by what the patch labels teach: pixel logits at the input's size.
+
+    U^2-Net-p (its weights ship with the package) is frozen: it gives the outline, pixel-accurate. A head at
+    stride 8 learns a correction (keep this salient object, drop that one, add the part it missed) from three
+    things: U^2-Net-p's decoder features (strides 8 and 16), its saliency, and a small image branch trained from
+    scratch that learns what the data set's objects and backgrounds look like. A 1x1 mix re-weighs the seven side
+    outputs and the stretched saliency (how far the outline reaches). The mix starts as the stretched saliency and
+    the correction at zero: an untrained model is U^2-Net-p as rembg uses it. Trained through the patch labels
+    pooled to the grid (train.py), so no pixel label is ever needed."""
+
+    pixel_output = True
+
+    def __init__(self, grid: int, shipped_weights: bool = True) -> None:
+        super().__init__()
+        from .u2netp import U2NetP, pretrained
+
+        self.backbone_name, self.grid = "u2netp", grid
+        self.saliency = pretrained() if shipped_weights else U2NetP()
+        self.saliency.requires_grad_(False)
+        self.image_branch = nn.Sequential(_conv_bn(3, 16, 2), _conv_bn(16, 32, 2), _conv_bn(32, 32, 2), _conv_bn(32, 32, dilation=2))
+        self.head = nn.Sequential(_conv_bn(64 + 64 + 2 + 32, 64), _conv_bn(64, 64), nn.Conv2d(64, 1, 1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.mix = nn.Conv2d(8, 1, 1)
+        with torch.no_grad():
+            self.mix.weight.zero_()
+            self.mix.weight[0, 7] = 1.0
+            self.mix.bias.zero_()
+
+    def train(self, mode: bool = True) -> "SalientSegmenter":
+        super().train(mode)
+        self.saliency.eval()  # frozen, always in inference mode
+        return self
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the frozen part gives (training caches it): the 7 saliency logits at full size, features at stride 8."""
+        with torch.no_grad():
+            fused, sides, features = self.saliency(x)
+            f16 = F.interpolate(features[16], size=features[8].shape[-2:], mode="bilinear", align_corners=False)
+            return torch.cat([fused, sides], 1), torch.cat([features[8], f16], 1)
+
+    def decode(self, logits: torch.Tensor, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Pixel logits from ``encode``'s outputs and the (normalised) input ``x``."""
+        stretched = _stretched_logit(logits)
+        size = features.shape[-2:]
+        saliency = F.adaptive_avg_pool2d(torch.sigmoid(torch.cat([logits[:, :1], stretched], 1)), size)
+        looks = F.adaptive_avg_pool2d(self.image_branch(x), size)
+        correction = self.head(torch.cat([features, saliency, looks], 1))
+        correction = F.interpolate(correction, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        return (self.mix(torch.cat([logits, stretched], 1)) + correction)[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(*self.encode(x), x)
+
+
+DEFAULT_BACKBONE = "u2netp"
+register(Backbone("u2netp", SmallCNN, lambda m: m, 10, None,
+                  "U^2-Net-p's pixel-accurate saliency (weights shipped with the package), corrected by the labels (default)",
+                  segmenter=lambda grid, shipped: SalientSegmenter(grid, shipped), epochs=80, lr=4e-3, patience=20))
+register(Backbone("small-cnn", SmallCNN, lambda m: m, 8, None, "small CNN from scratch, patch resolution (CPU friendly)"))
 register(Backbone("efficientnet_b0", _tv("efficientnet_b0"), lambda m: m.features[:6], 16, "efficientnet_b0", "EfficientNet-B0 (the paper's choice)"))
 register(Backbone("resnet18", _tv("resnet18"), _resnet_trunk, 16, "resnet18", "ResNet-18"))
 register(Backbone("resnet50", _tv("resnet50"), _resnet_trunk, 16, "resnet50", "ResNet-50"))
@@ -93,6 +170,8 @@ register(Backbone("mobilenet_v3_large", _tv("mobilenet_v3_large"), lambda m: m.f
 
 class PatchSegmenter(nn.Module):
     """Backbone features -> P x P grid -> foreground logit per patch (B x P x P)."""
+
+    pixel_output = False
 
     def __init__(self, backbone: str, grid: int, features: nn.Module | None = None) -> None:
         super().__init__()
@@ -127,11 +206,16 @@ def default_image_size(backbone: str, grid: int) -> int:
     return BACKBONES[backbone].stride * grid
 
 
-def build_segmenter(backbone: str, grid: int, pretrained: bool = False, weights: Path | None = None) -> PatchSegmenter:
-    """A fresh segmenter; ImageNet weights only when asked for (``pretrained`` or a local ``weights`` file)."""
+def build_segmenter(backbone: str, grid: int, pretrained: bool = False, weights: Path | None = None) -> nn.Module:
+    """A fresh segmenter; ImageNet weights only when asked for (``pretrained`` or a local ``weights`` file). A
+    backbone that ships its weights (u2netp) always has them."""
     if backbone not in BACKBONES:
         raise StepError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     spec = BACKBONES[backbone]
+    if spec.segmenter is not None:
+        if weights:
+            raise StepError(f"backbone {backbone} ships its own weights; --weights is for the torchvision backbones")
+        return spec.segmenter(grid, True)
     full = spec.build()
     if pretrained or weights:
         if spec.torchvision_name is None and pretrained:
@@ -207,10 +291,12 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def load_segmenter(path: Path) -> tuple[PatchSegmenter, dict]:
+def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
     """(model in eval mode on the CPU, checkpoint metadata without the weights)."""
     ckpt = read_checkpoint(path)
-    model = PatchSegmenter(ckpt["backbone"], int(ckpt["grid"]))
+    spec = BACKBONES[ckpt["backbone"]]
+    grid = int(ckpt["grid"])
+    model = spec.segmenter(grid, False) if spec.segmenter is not None else PatchSegmenter(ckpt["backbone"], grid)
     try:
         model.load_state_dict(ckpt.pop("state_dict"))
     except RuntimeError as exc:

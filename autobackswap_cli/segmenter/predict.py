@@ -83,18 +83,19 @@ def refine_mask(image: np.ndarray, soft: np.ndarray, method: str, cell: float) -
     raise StepError(f"--refine must be one of {', '.join(REFINE_METHODS)}; got {method!r}")
 
 
-def refined_mask(image: np.ndarray, probs: np.ndarray, method: str) -> np.ndarray:
-    """An RGB image's full-size soft mask from its P x P patch probabilities, refined with ``method``."""
+def refined_mask(image: np.ndarray, probs: np.ndarray, method: str, grid: int) -> np.ndarray:
+    """An RGB image's full-size soft mask from the model's probabilities (P x P patches, or pixels at the model's
+    input size), refined with ``method``; ``grid`` (P) sets the refinement's reach."""
     h, w = image.shape[:2]
     soft = upsample_probabilities(probs, h, w)
     guide = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if method == "guided" else image
-    return refine_mask(guide, soft, method, cell=max(h, w) / probs.shape[0])
+    return refine_mask(guide, soft, method, cell=max(h, w) / grid)
 
 
 @dataclass
 class SegmentOptions:
     device: str = "auto"
-    refine: str = "guided"
+    refine: str = "grabcut"
     precision: str = "auto"  # auto: fp16 on CUDA, fp32 elsewhere
     preview: str | None = None
     preview_count: int = 24
@@ -111,6 +112,8 @@ class PatchPredictor:
 
         self.checkpoint = Path(checkpoint)
         self.meta = read_checkpoint(self.checkpoint)  # fail early, before workers start
+        # The weights stay behind: the step is pickled to every worker, and torch sends each tensor as a file descriptor.
+        self.meta.pop("state_dict", None)
         self.image_size = int(self.meta["image_size"])
         self.grid = int(self.meta["grid"])
         self.backbone = self.meta["backbone"]

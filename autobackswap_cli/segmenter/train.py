@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -24,22 +24,22 @@ from ..images import read_image
 from ..labels import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
 from .calibrate import calibrate_thresholds
 from ..nets import imagenet_normalise
-from .model import build_segmenter, default_image_size, save_checkpoint
+from .model import BACKBONES, DEFAULT_BACKBONE, build_segmenter, default_image_size, save_checkpoint
 from .predict import REFINE_METHODS, refined_mask
 
 
 @dataclass
 class TrainOptions:
-    backbone: str = "small-cnn"
+    backbone: str = DEFAULT_BACKBONE
     pretrained: bool = False
     weights: str | None = None
     image_size: int | None = None  # default: backbone stride x grid
-    epochs: int = 40
+    epochs: int | None = None  # None: the backbone's default (model.Backbone)
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float | None = None  # None: the backbone's default
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
-    patience: int = 10
+    patience: int | None = None  # None: the backbone's default
     seed: int = 0
     device: str = "auto"
     hflip: bool = True
@@ -100,6 +100,24 @@ def _augment(x: torch.Tensor, y: torch.Tensor, opts: TrainOptions, grid: int, ge
     return x, y
 
 
+COVERAGE_SHARPNESS = 12.0  # pooled-coverage margin -> patch logit: coverage 0.25 above the rule's threshold ~ P 0.95
+
+
+def to_patch_logits(logits: torch.Tensor, grid: int, coverage: float) -> torch.Tensor:
+    """B x P x P patch logits from a model's output. A patch model's output already is one; a pixel model's
+    probabilities are pooled to the grid by the labels' own rule (a patch is foreground when at least ``coverage``
+    of it is), so a patch's logit is positive exactly when that much of it is foreground, and a labelled boundary
+    patch asks for no more than its share: the outline inside it is free to follow the object."""
+    if logits.shape[-1] == grid and logits.shape[-2] == grid:
+        return logits
+    # The share of the patch that the mask (cut at 0.5) covers; its gradient is the soft probabilities' (a
+    # straight-through estimate), so a patch cannot be satisfied by a haze of pixels at P 0.3 that no cut keeps.
+    soft = torch.sigmoid(logits)
+    hard = (logits > 0).to(soft.dtype) + soft - soft.detach()
+    pooled = F.adaptive_avg_pool2d(hard.unsqueeze(1), grid).squeeze(1)
+    return COVERAGE_SHARPNESS * (pooled - coverage)
+
+
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """BCE over labelled patches only (labels: 255 fg, 0 bg, 128 ignored)."""
     known = labels != UNLABELLED
@@ -107,6 +125,20 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return logits.sum() * 0
     target = (labels == FOREGROUND).float()
     return F.binary_cross_entropy_with_logits(logits[known], target[known])
+
+
+def interior_pixel_bce(pixel_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE on the pixels of patches whose 3 x 3 neighbourhood carries one label (inside the object, or well clear
+    of it): there the labels say what every pixel is, not just a share; the rest is left to the pooled rule."""
+    fg, bg = (labels == FOREGROUND).float().unsqueeze(1), (labels == 0).float().unsqueeze(1)
+    erode = lambda m: -F.max_pool2d(-m, 3, stride=1, padding=1)  # noqa: E731 (outside the image counts as agreeing)
+    inside, outside = erode(fg), erode(bg)
+    size = pixel_logits.shape[-2:]
+    inside, outside = (F.interpolate(m, size=size, mode="nearest").squeeze(1) > 0.5 for m in (inside, outside))
+    sure = inside | outside
+    if not sure.any():
+        return pixel_logits.sum() * 0
+    return F.binary_cross_entropy_with_logits(pixel_logits[sure], inside[sure].float())
 
 
 def patch_iou(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -133,7 +165,7 @@ def calibrate_on(model, x: torch.Tensor, y: torch.Tensor, coverage: float, devic
     images = x.permute(0, 2, 3, 1).numpy()
     thresholds, reports = {}, {}
     for method in REFINE_METHODS:
-        masks = np.stack([refined_mask(image, p, method) for image, p in zip(images, probs)])
+        masks = np.stack([refined_mask(image, p, method, y.shape[-1]) for image, p in zip(images, probs)])
         chosen, reports[method] = calibrate_thresholds(masks, y.numpy(), coverage)
         thresholds[method] = chosen.as_dict()
     return thresholds, reports
@@ -167,28 +199,85 @@ def _read_labelled(labelled, labels_dir: Path, size: int, grid: int, opts: Train
     return _Labelled(x, torch.from_numpy(np.stack(grids)), keys, train_idx, val_idx)
 
 
-def _evaluate(model, data: _Labelled, idx: list[int], device) -> tuple[float, float]:
+class _Inputs:
+    """What the model is fed for a batch of labelled images, as patch logits beside their labels.
+
+    A patch model sees the images, augmented anew each epoch (flips, whole-patch shifts, colour). A model with a
+    frozen encoder (``encode`` / ``decode``: u2netp) sees its encoder's outputs, computed once per image and per
+    mirror image, so an epoch costs only the trained head; its augmentation is the horizontal flip."""
+
+    def __init__(self, model, data: _Labelled, opts: TrainOptions, grid: int, coverage: float, device, progress: bool):
+        self.data, self.opts, self.grid, self.coverage, self.device = data, opts, grid, coverage, device
+        self.cache = _encode_all(model, data.x, device, opts.hflip, progress) if hasattr(model, "encode") else None
+
+    def __call__(self, model, sel: list[int], gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(patch logits, labels, the model's own output) of images ``sel``; augmented when ``gen`` is given."""
+        y = self.data.y[sel]
+        if self.cache is None:
+            x = self.data.x[sel].float() / 255
+            if gen is not None:
+                x, y = _augment(x, y, self.opts, self.grid, gen)
+            logits = model(imagenet_normalise(x.to(self.device)))
+        else:
+            flips = (torch.rand(len(sel), generator=gen) < 0.5).tolist() if gen is not None and self.opts.hflip else [False] * len(sel)
+            y = torch.stack([label.flip(-1) if f else label for label, f in zip(y, flips)])
+            x = torch.stack([image.flip(-1) if f else image for image, f in zip(self.data.x[sel], flips)]).float() / 255
+            encoded = [self.cache[f] for f in flips]
+            parts = [torch.stack([e[k][i] for e, i in zip(encoded, sel)]).to(self.device).float() for k in range(2)]
+            logits = model.decode(*parts, imagenet_normalise(x.to(self.device)))
+        y = y.to(self.device)
+        return to_patch_logits(logits.float(), self.grid, self.coverage), y, logits.float()
+
+
+def segmenter_loss(patch_logits: torch.Tensor, labels: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """The training loss: BCE on the labelled patches; a pixel model also learns the pixels the labels settle."""
+    loss = masked_bce(patch_logits, labels)
+    if output.shape[-2:] != labels.shape[-2:]:
+        loss = loss + interior_pixel_bce(output, labels)
+    return loss
+
+
+def _encode_all(model, x: torch.Tensor, device, mirrored: bool, progress: bool) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
+    """The frozen encoder's outputs for every image (and its mirror image), in half precision on the CPU."""
+    model.eval()
+    out = {}
+    with make_progress(enabled=progress) as bar:
+        flips = (False, True) if mirrored else (False,)
+        task = bar.add_task("encoding labelled images", total=len(x) * len(flips), status="")
+        for flip in flips:
+            parts: list[list[torch.Tensor]] = [[], []]
+            for start in range(0, len(x), 8):
+                xb = x[start : start + 8].float() / 255
+                encoded = model.encode(imagenet_normalise((xb.flip(-1) if flip else xb).to(device)))
+                for k in range(2):
+                    parts[k].append(encoded[k].half().cpu())
+                bar.update(task, advance=len(xb))
+            out[flip] = tuple(torch.cat(p) for p in parts)
+    return out
+
+
+def _evaluate(model, inputs: _Inputs, idx: list[int]) -> tuple[float, float]:
     """Masked BCE and patch IoU of ``model`` on the images ``idx``."""
     model.eval()
     losses, probs = [], []
     with torch.no_grad():
         for start in range(0, len(idx), 64):
             sel = idx[start : start + 64]
-            logits = model(imagenet_normalise(data.x[sel].to(device).float() / 255)).float().cpu()
-            losses.append(masked_bce(logits, data.y[sel]).item() * len(sel))
-            probs.append(torch.sigmoid(logits))
-    return sum(losses) / len(idx), patch_iou(torch.cat(probs), data.y[idx])
+            logits, labels, _ = inputs(model, sel, None)
+            losses.append(masked_bce(logits, labels).item() * len(sel))
+            probs.append(torch.sigmoid(logits).cpu())
+    return sum(losses) / len(idx), patch_iou(torch.cat(probs), inputs.data.y[idx])
 
 
-def _train_epoch(model, data: _Labelled, optimiser, scheduler, opts: TrainOptions, grid: int, gen: torch.Generator, device) -> float:
+def _train_epoch(model, inputs: _Inputs, optimiser, scheduler, opts: TrainOptions, gen: torch.Generator) -> float:
     """One pass over the training images with augmentation; the mean training loss."""
     model.train()
+    data = inputs.data
     order = torch.randperm(len(data.train_idx), generator=gen).tolist()
     total = 0.0
     for start in range(0, len(order), opts.batch_size):
         sel = [data.train_idx[i] for i in order[start : start + opts.batch_size]]
-        xb, yb = _augment(data.x[sel].float() / 255, data.y[sel], opts, grid, gen)
-        loss = masked_bce(model(imagenet_normalise(xb.to(device))).float(), yb.to(device))
+        loss = segmenter_loss(*inputs(model, sel, gen))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -197,19 +286,20 @@ def _train_epoch(model, data: _Labelled, optimiser, scheduler, opts: TrainOption
     return total / len(data.train_idx)
 
 
-def _fit(model, data: _Labelled, opts: TrainOptions, grid: int, device, progress: bool) -> tuple[dict, list[dict]]:
+def _fit(model, inputs: _Inputs, opts: TrainOptions, progress: bool) -> tuple[dict, list[dict]]:
     """Train with early stopping on validation IoU (then loss); leaves the best weights in ``model``. Returns
     the best epoch's figures and the history."""
+    data = inputs.data
     gen = torch.Generator().manual_seed(opts.seed)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr, weight_decay=opts.weight_decay)
     steps_per_epoch = max(1, (len(data.train_idx) + opts.batch_size - 1) // opts.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=opts.lr, total_steps=opts.epochs * steps_per_epoch, pct_start=0.15)
     best, best_state, history, stale = {"epoch": -1, "val_iou": -1.0, "val_loss": float("inf")}, None, [], 0
     with make_progress(enabled=progress) as bar:
         task = bar.add_task("train-segmenter", total=opts.epochs, status="")
         for epoch in range(opts.epochs):
-            train_loss = _train_epoch(model, data, optimiser, scheduler, opts, grid, gen, device)
-            val_loss, val_iou = _evaluate(model, data, data.val_idx, device) if data.val_idx else (train_loss, float("nan"))
+            train_loss = _train_epoch(model, inputs, optimiser, scheduler, opts, gen)
+            val_loss, val_iou = _evaluate(model, inputs, data.val_idx) if data.val_idx else (train_loss, float("nan"))
             history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "val_iou": round(val_iou, 5)})
             if data.val_idx:
                 improved = val_iou > best["val_iou"] + 1e-4 or (abs(val_iou - best["val_iou"]) <= 1e-4 and val_loss < best["val_loss"])
@@ -227,6 +317,14 @@ def _fit(model, data: _Labelled, opts: TrainOptions, grid: int, device, progress
     return best, history
 
 
+def with_backbone_defaults(opts: TrainOptions) -> TrainOptions:
+    """``opts`` with the epochs, learning rate and patience the backbone trains with unless told otherwise."""
+    if opts.backbone not in BACKBONES:
+        raise StepError(f"unknown backbone {opts.backbone!r}; choose one of {', '.join(BACKBONES)}")
+    spec = BACKBONES[opts.backbone]
+    return replace(opts, epochs=opts.epochs or spec.epochs, lr=opts.lr or spec.lr, patience=opts.patience or spec.patience)
+
+
 def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: TrainOptions, progress: bool = True) -> TrainResult:
     """Train on every labelled image of DATA and save the checkpoint to ``out_path`` (and its run record beside)."""
     t0 = time.perf_counter()
@@ -239,6 +337,7 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
     if len(labelled) < 4:
         raise StepError(f"only {len(labelled)} labelled image(s) of {data_dir} found in {labels_dir}; label at least a few dozen")
     grid = info.grid
+    opts = with_backbone_defaults(opts)
     size = opts.image_size or default_image_size(opts.backbone, grid)
     if size % grid:
         raise StepError(f"--image-size {size} must be a multiple of the grid size {grid}")
@@ -249,7 +348,8 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
     model = build_segmenter(opts.backbone, grid, pretrained=opts.pretrained, weights=Path(opts.weights) if opts.weights else None).to(device)
     out_path = Path(out_path)
     try:
-        best, history = _fit(model, data, opts, grid, device, progress)
+        inputs = _Inputs(model, data, opts, grid, label_coverage(info), device, progress)
+        best, history = _fit(model, inputs, opts, progress)
     except KeyboardInterrupt as exc:
         raise record_interrupted_training(
             out_path, "train-segmenter", exc, options=asdict(opts),
@@ -274,7 +374,7 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
     return TrainResult(out_path, metrics, failures, thresholds)
 
 
-def thresholds_line(thresholds: dict, refine: str = "guided") -> str:
+def thresholds_line(thresholds: dict, refine: str = "grabcut") -> str:
     """One line for the console: the thresholds segment, inpaint and compose will use by default."""
     t = thresholds[refine]
     return (f"thresholds chosen on the validation labels (--refine {refine}): inpaint removes P(fg) >= {t['loose']:.2f}, "
