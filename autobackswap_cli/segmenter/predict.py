@@ -76,6 +76,9 @@ def refine_mask(image: np.ndarray, soft: np.ndarray, method: str, cell: float) -
         if not ((trimap == cv2.GC_BGD) | (trimap == cv2.GC_PR_BGD)).any():
             return soft
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        # GrabCut seeds its colour models with k-means on OpenCV's per-thread RNG: without a fixed seed a mask
+        # would depend on how many images this worker refined before it (so on --batch-size, --shard, workers).
+        cv2.setRNGSeed(0)
         cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), trimap, None, bgd, fgd, 3, cv2.GC_INIT_WITH_MASK)
         hard = np.isin(trimap, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
         # Keep a soft edge: blend the hard cut with the model where GrabCut was unsure.
