@@ -61,8 +61,10 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/label_effort.py
 	$(BIN)/python benchmarks/background_reliance.py
 
-## bench-real: the real-photo benchmark (benchmarks/real_photos.py): our defaults beside the ceiling and a zero-label
-## peer on real photographs, two variants, 3 classifier seeds (~1 hour on 2 cores). Installs the [bench] extra.
+## bench-real: the real-photo benchmark (benchmarks/real_photos.py): our defaults beside the ceiling and zero-label
+## peers on real photographs: two held-out-object variants (photos fetched once from Debian's packages with
+## apt-get download, see benchmarks/debian_photos.py) and three repeated-object variants with 3 classifier seeds
+## (~1.5 hours on 2 cores). Installs the [bench] extra.
 bench-real: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/real_photos.py --json benchmarks/out/real_photos.json
 
