@@ -201,7 +201,7 @@ class _Drive:
 
             return run_on_ray(self.step, todo, self.options, self._finished)
         computers = _Computers(self.step.replicas() if self.step.compute is not None else [self.step])
-        torch_threads = share_cores_with_workers(self.workers)
+        torch_threads = None if self.step.compute_bound else share_cores_with_workers(self.workers)
         try:
             if self.step.compute is None:
                 self._run_per_item(todo)

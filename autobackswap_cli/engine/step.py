@@ -21,6 +21,11 @@ class Step:
     """
 
     name = "step"
+    # True when ``compute`` (the model) is most of the work and the workers mostly wait for it: the main process
+    # then keeps every core for torch's threads instead of leaving the workers theirs (a heavy model at 1 of 2
+    # threads ran at 0.66x its floor). Fixed per step, so the thread count, and with it every output, does not
+    # depend on timing.
+    compute_bound = False
     out_dir: Path
 
     def outputs(self, item: ImageItem) -> list[Path]:

@@ -42,6 +42,7 @@ class Backbone:
     epochs: int = 40
     lr: float = 2e-3
     patience: int = 10
+    heavy: bool = False  # its forward pass is most of segment's work (Step.compute_bound)
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -160,7 +161,7 @@ class SalientSegmenter(nn.Module):
 DEFAULT_BACKBONE = "u2netp"
 register(Backbone("u2netp", SmallCNN, lambda m: m, 10, None,
                   "U^2-Net-p's pixel-accurate saliency (weights shipped with the package), corrected by the labels (default)",
-                  segmenter=lambda grid, shipped: SalientSegmenter(grid, shipped), epochs=80, lr=4e-3, patience=20))
+                  segmenter=lambda grid, shipped: SalientSegmenter(grid, shipped), epochs=80, lr=4e-3, patience=20, heavy=True))
 register(Backbone("small-cnn", SmallCNN, lambda m: m, 8, None, "small CNN from scratch, patch resolution (CPU friendly)"))
 register(Backbone("efficientnet_b0", _tv("efficientnet_b0"), lambda m: m.features[:6], 16, "efficientnet_b0", "EfficientNet-B0 (the paper's choice)"))
 register(Backbone("resnet18", _tv("resnet18"), _resnet_trunk, 16, "resnet18", "ResNet-18"))

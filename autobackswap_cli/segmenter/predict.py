@@ -182,6 +182,9 @@ class SegmentStep(Step):
         if options.refine not in REFINE_METHODS:
             raise StepError(f"--refine must be one of {', '.join(REFINE_METHODS)}; got {options.refine!r}")
         self.predictor = PatchPredictor(checkpoint, options.device, options.precision)
+        from .model import BACKBONES
+
+        self.compute_bound = BACKBONES[self.predictor.backbone].heavy
         calibrated = (self.predictor.meta.get("thresholds") or {}).get(options.refine)
         # Recorded only when the segmenter chose them; an older checkpoint leaves inpaint/compose their defaults.
         self.thresholds = {**calibrated, "source": "segmenter (validation labels)"} if calibrated else None
