@@ -58,7 +58,7 @@ NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress b
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Model arithmetic: auto (fp16 on CUDA, else fp32), fp32, fp16, bf16.")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Output format: same (as the input), png, jpg or webp.")]
 Quality = Annotated[int, typer.Option("--quality", help="JPEG/WEBP quality.", min=1, max=100)]
-RefineOpt = Annotated[Refine, typer.Option("--refine", help="segment: snap mask edges to the image: grabcut (default: seeded by the model's sure and unsure bands; about 3 ms per 128-px image), guided (guided filter, fast; blurs a pixel model's outline) or none.")]
+RefineOpt = Annotated[Refine, typer.Option("--refine", help="segment: snap mask edges to the image: grabcut (default: seeded by the model's sure and unsure bands; sharpest, ~60-100 ms of CPU per 384-px image), guided (guided filter, fast; blurs a pixel model's outline) or none.")]
 MethodOpt = Annotated[InpaintMethod, typer.Option("--method", help="inpaint: texture (default: offline, continues the background's texture), pyramid (smooth, fastest), telea, ns, diffusers, torchscript.")]
 InpaintModel = Annotated[Optional[str], typer.Option("--model", help="inpaint: diffusers hub id or local pipeline folder; torchscript: model file (e.g. big-lama.pt).")]
 BgFrom = Annotated[BackgroundsFrom, typer.Option("--bg-from", help="compose: backgrounds from any (class uniform, then image), other-class, same-class, next-class.")]

@@ -29,13 +29,13 @@ CHECKPOINT_VERSION = 2  # 2: safetensors + JSON description; 1: torch.save (stil
 @dataclass(frozen=True)
 class Backbone:
     name: str
-    build: Callable[[], nn.Module]  # the full torchvision model (or our own), random init
-    truncate: Callable[[nn.Module], nn.Module]  # full model -> feature extractor at `stride`
+    build: Callable[[], nn.Module] | None  # the full torchvision model (or our own), random init
+    truncate: Callable[[nn.Module], nn.Module] | None  # full model -> feature extractor at `stride`
     stride: int  # input pixels per patch at the default input size
     torchvision_name: str | None  # for torchvision's weight registry; None = our own, no pretrained weights
     description: str
     # A whole segmenter of its own (grid, with its shipped weights?) -> model, for a backbone that is not a plain
-    # feature extractor under the patch head (u2netp: pixel logits); build/truncate are then unused.
+    # feature extractor under the patch head (u2netp: pixel logits); build/truncate are then None.
     segmenter: Callable[[int, bool], nn.Module] | None = None
     # Training defaults (train-segmenter's --epochs / --lr / --patience when not given), chosen per backbone on
     # benchmarks/real_photos.py: a frozen encoder's small head wants more, faster epochs than a whole network.
@@ -50,6 +50,13 @@ BACKBONES: dict[str, Backbone] = {}
 
 def register(backbone: Backbone) -> None:
     BACKBONES[backbone.name] = backbone
+
+
+def backbone_spec(name: str) -> Backbone:
+    """The registry entry of ``name``; an unknown name is a StepError listing the known ones."""
+    if name not in BACKBONES:
+        raise StepError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -113,8 +120,6 @@ class SalientSegmenter(nn.Module):
     the correction at zero: an untrained model is U^2-Net-p as rembg uses it. Trained through the patch labels
     pooled to the grid (train.py), so no pixel label is ever needed."""
 
-    pixel_output = True
-
     def __init__(self, grid: int, shipped_weights: bool = True) -> None:
         super().__init__()
         from .u2netp import U2NetP, pretrained
@@ -159,7 +164,7 @@ class SalientSegmenter(nn.Module):
 
 
 DEFAULT_BACKBONE = "u2netp"
-register(Backbone("u2netp", SmallCNN, lambda m: m, 10, None,
+register(Backbone("u2netp", None, None, 10, None,
                   "U^2-Net-p's pixel-accurate saliency (weights shipped with the package), corrected by the labels (default)",
                   segmenter=lambda grid, shipped: SalientSegmenter(grid, shipped), epochs=80, lr=4e-3, patience=20, heavy=True))
 register(Backbone("small-cnn", SmallCNN, lambda m: m, 8, None, "small CNN from scratch, patch resolution (CPU friendly)"))
@@ -172,13 +177,9 @@ register(Backbone("mobilenet_v3_large", _tv("mobilenet_v3_large"), lambda m: m.f
 class PatchSegmenter(nn.Module):
     """Backbone features -> P x P grid -> foreground logit per patch (B x P x P)."""
 
-    pixel_output = False
-
     def __init__(self, backbone: str, grid: int, features: nn.Module | None = None) -> None:
         super().__init__()
-        if backbone not in BACKBONES:
-            raise StepError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-        spec = BACKBONES[backbone]
+        spec = backbone_spec(backbone)
         self.backbone_name = backbone
         self.grid = grid
         self.features = features if features is not None else spec.truncate(spec.build())
@@ -210,9 +211,7 @@ def default_image_size(backbone: str, grid: int) -> int:
 def build_segmenter(backbone: str, grid: int, pretrained: bool = False, weights: Path | None = None) -> nn.Module:
     """A fresh segmenter; ImageNet weights only when asked for (``pretrained`` or a local ``weights`` file). A
     backbone that ships its weights (u2netp) always has them."""
-    if backbone not in BACKBONES:
-        raise StepError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    spec = BACKBONES[backbone]
+    spec = backbone_spec(backbone)
     if spec.segmenter is not None:
         if weights:
             raise StepError(f"backbone {backbone} ships its own weights; --weights is for the torchvision backbones")

@@ -24,7 +24,7 @@ from ..images import read_image
 from ..labels import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
 from .calibrate import calibrate_thresholds
 from ..nets import imagenet_normalise
-from .model import BACKBONES, DEFAULT_BACKBONE, build_segmenter, default_image_size, save_checkpoint
+from .model import DEFAULT_BACKBONE, backbone_spec, build_segmenter, default_image_size, save_checkpoint
 from .predict import REFINE_METHODS, refined_mask
 
 
@@ -154,15 +154,17 @@ def label_coverage(info) -> float:
     return float(info.threshold) if info.threshold is not None else 0.5
 
 
-def calibrate_on(model, x: torch.Tensor, y: torch.Tensor, coverage: float, device: torch.device) -> tuple[dict, dict]:
-    """Loose/tight thresholds for every --refine method, chosen on these (validation) images and labels."""
+def calibrate_on(model, inputs: "_Inputs", idx: list[int]) -> tuple[dict, dict]:
+    """Loose/tight thresholds for every --refine method, chosen on the (validation) images ``idx`` and their labels,
+    from the model's outputs as training feeds it (a frozen encoder's cached outputs are not computed again)."""
     model.eval()
     probs = []
     with torch.no_grad():
-        for start in range(0, len(x), 64):
-            probs.append(torch.sigmoid(model(imagenet_normalise(x[start : start + 64].to(device).float() / 255)).float()).cpu().numpy())
+        for start in range(0, len(idx), 64):
+            probs.append(torch.sigmoid(inputs(model, idx[start : start + 64], None)[2]).cpu().numpy())
     probs = np.concatenate(probs)
-    images = x.permute(0, 2, 3, 1).numpy()
+    images = inputs.data.x[idx].permute(0, 2, 3, 1).numpy()
+    y, coverage = inputs.data.y[idx], inputs.coverage
     thresholds, reports = {}, {}
     for method in REFINE_METHODS:
         masks = np.stack([refined_mask(image, p, method, y.shape[-1]) for image, p in zip(images, probs)])
@@ -319,9 +321,7 @@ def _fit(model, inputs: _Inputs, opts: TrainOptions, progress: bool) -> tuple[di
 
 def with_backbone_defaults(opts: TrainOptions) -> TrainOptions:
     """``opts`` with the epochs, learning rate and patience the backbone trains with unless told otherwise."""
-    if opts.backbone not in BACKBONES:
-        raise StepError(f"unknown backbone {opts.backbone!r}; choose one of {', '.join(BACKBONES)}")
-    spec = BACKBONES[opts.backbone]
+    spec = backbone_spec(opts.backbone)
     return replace(opts, epochs=opts.epochs or spec.epochs, lr=opts.lr or spec.lr, patience=opts.patience or spec.patience)
 
 
@@ -356,7 +356,7 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
             counts={"labelled": len(labelled), "used": len(data.keys), "failed": len(failures)},
             wall_time_s=time.perf_counter() - t0, failures=failures) from None
     held_out = data.val_idx or data.train_idx
-    thresholds, calibration = calibrate_on(model, data.x[held_out], data.y[held_out], label_coverage(info), device)
+    thresholds, calibration = calibrate_on(model, inputs, held_out)
     metrics = {
         "best_epoch": best["epoch"], "epochs_run": len(history), "val_patch_iou": round(best["val_iou"], 5) if data.val_idx else None,
         "val_loss": round(best["val_loss"], 5), "train_images": len(data.train_idx), "val_images": len(data.val_idx),

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHTS = "u2netp.safetensors"
-INPUT_SIZE = 320  # what it was trained at
 
 
 class _ConvReLU(nn.Module):
