@@ -241,12 +241,24 @@ def build(out: Path, variant: str = "plain", seed: int = 0, size: int = 128, tra
     return out
 
 
+def build_variant(out: Path, variant: str, seed: int = 0) -> Path:
+    """The data set of either family by variant name: these repeated-object ones, or the held-out-object ones of
+    stamp_photo_data.py."""
+    import stamp_photo_data  # it builds on this module's placement and pasting
+
+    if variant in stamp_photo_data.VARIANTS:
+        return stamp_photo_data.build(out, variant, seed)
+    return build(out, variant, seed)
+
+
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="Build the real-photo dataset (to look at it).")
+    import stamp_photo_data
+
+    parser = argparse.ArgumentParser(description="Build a real-photo data set of the benchmark (to look at it).")
     parser.add_argument("out", type=Path)
-    parser.add_argument("--variant", choices=list(VARIANTS), default="plain")
+    parser.add_argument("--variant", choices=[*stamp_photo_data.VARIANTS, *VARIANTS], default="plain")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(build(args.out, args.variant, args.seed))
+    print(build_variant(args.out, args.variant, args.seed))

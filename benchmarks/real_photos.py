@@ -175,12 +175,6 @@ def group_accuracy(model_path: Path, data: Path) -> dict:
     return {"worst_group": min(per_group.values()), "mean": float(np.mean([h for v in hits.values() for h in v])), "groups": per_group}
 
 
-def build_data(variant: str, work: Path) -> Path:
-    if variant in stamp_photo_data.VARIANTS:
-        return stamp_photo_data.build(work / "data", variant)
-    return real_photo_data.build(work / "data", variant)
-
-
 def import_labels(variant: str, data: Path, labels_dir: Path, labels: int) -> set[str]:
     """150 patch labels from true masks; on the held-out-instance variants only the labelled objects' images."""
     if not labels_dir.is_dir():
@@ -206,7 +200,7 @@ def run_peer(name: str, data: Path, peer: Path, seeds: list[int], timings: dict)
 def run_variant(variant: str, work: Path, seeds: list[int], labels: int, conditions: list[str], classifier: bool) -> dict:
     if variant in stamp_photo_data.VARIANTS:  # masks only (see below): one compose seed, no classifier conditions
         seeds, conditions = seeds[:1], [c for c in conditions if c != "originals"]
-    data = build_data(variant, work)
+    data = real_photo_data.build_variant(work / "data", variant)
     out: dict[str, dict] = {}
     timings: dict[str, float] = {}
     labelled = import_labels(variant, data, work / "labels", labels)

@@ -22,6 +22,7 @@ salient-object model cuts out and the labels must teach the segmenter to leave.
 Layout written (as real_photo_data.py, plus the labelled masks and the object of each image):
 OUT/train/<class>/<name>.jpg, OUT/test/..., OUT/masks/<split>/..., OUT/masks/labelled/<class>/<name>.png (the
 labelled images only: import these), OUT/backgrounds/<split>/..., OUT/test_groups.csv, OUT/objects.csv.
+To look at one: ``python benchmarks/real_photo_data.py OUT --variant instances``.
 """
 
 from __future__ import annotations
@@ -157,13 +158,3 @@ def build(out: Path, variant: str = "instances", seed: int = 0, size: int = 128)
     (out / "done").write_text(stamp)
     return out
 
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Build a held-out-instance photo data set (to look at it).")
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--variant", choices=list(VARIANTS), default="instances")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(build(args.out, args.variant, args.seed))
