@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,15 +26,16 @@ import cv2
 import numpy as np
 
 from .choices import BackgroundsFrom
-from .engine import NoForeground, RunReport, Step, StepError, console, mask_threshold
-from .manifest import ManifestSpool
+from .engine import DatasetLayout, NoForeground, RunReport, Step, StepError, active_layout, console, mask_threshold, scan_dataset
+from .manifest import Journal, ManifestSpool
 from .tarshards import Sample, describe_tar, read_index, sample_key, write_index, write_tar
-from .images import ImageError, ImageItem, bounding_box, encode_image, mirror_path, preview_grid, read_image, read_mask, scan_image_folder, spread_sample, write_bytes_atomic, write_image_atomic
+from .images import FolderListing, ImageError, ImageItem, bounding_box, encode_image, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
 
 BG_MODES = BackgroundsFrom.values()
 VARIANTS = ("swap", "only-fg", "only-bg")
 DEFAULT_FEATHER = 2.0  # edge softness in pixels (Gaussian sigma = feather / 2)
-MANIFEST_FIELDS = ["output", "foreground", "background", "foreground_class", "background_class", "scale", "angle", "shift_x", "shift_y", "seed"]
+MANIFEST_FIELDS = ["output", "foreground", "background", "foreground_class", "background_class", "scale", "angle", "shift_x", "shift_y", "seed",
+                   "foreground_group", "background_group"]
 
 
 @dataclass
@@ -97,19 +99,20 @@ class BackgroundPool:
     """The backgrounds on disk, by class, and the rule to pick one for a foreground.
 
     Choosing is O(1) in the number of backgrounds (an index per class), so composing
-    a large dataset stays linear.
+    a large dataset stays linear. A background's class (and group) follows the data layout (``layout``, default
+    the active one), as its image's does: BACKGROUNDS mirror DATA.
     """
 
-    def __init__(self, backgrounds_dir: Path):
+    def __init__(self, backgrounds_dir: Path, layout: DatasetLayout | None = None):
         self.root = Path(backgrounds_dir)
         if not self.root.is_dir():
             raise StepError(f"backgrounds folder not found: {self.root}")
-        scan = scan_image_folder(self.root)
+        scan, _ = scan_dataset(self.root, layout, what="BACKGROUNDS")
         self.by_class: dict[str, list[str]] = {}
-        self._index: dict[str, tuple[str, int]] = {}  # image key -> (class, position in by_class[class])
+        self._index: dict[str, tuple[str, int, str | None]] = {}  # image key -> (class, position in by_class[class], group)
         for it in scan.items:
             members = self.by_class.setdefault(it.cls, [])
-            self._index[it.key] = (it.cls, len(members))
+            self._index[_key(str(it.rel))] = (it.cls, len(members), it.group)
             members.append(str(it.rel))
         self.classes = sorted(self.by_class)
         if not self.classes:
@@ -134,6 +137,11 @@ class BackgroundPool:
         nxt = ordered[(ordered.index(fg_class) + 1) % len(ordered)]
         return [nxt] if nxt != fg_class and nxt in self.by_class else []
 
+    def describe(self, rel: str) -> tuple[str, str | None]:
+        """(class, group) of the background ``rel``."""
+        cls, _, group = self._index[_key(rel)]
+        return cls, group
+
     def own(self, key: str) -> str | None:
         """The background made from the image with this key, if there is one."""
         found = self._index.get(key)
@@ -146,7 +154,7 @@ class BackgroundPool:
         own = self.own(item.key)
         for avoid in ({own, *exclude} - {None}, {own} - {None}):
             blocked: dict[str, list[int]] = {}  # class -> positions not to pick (a few: own and earlier picks)
-            for cls, position in (self._index[_key(r)] for r in avoid):
+            for cls, position, _ in (self._index[_key(r)] for r in avoid):
                 blocked.setdefault(cls, []).append(position)
             # only a class with as few images as are blocked drops out: check those, not every class
             full = {c for c, taken in blocked.items() if len(self.by_class.get(c, ())) <= len(taken)}
@@ -268,13 +276,14 @@ class Compositor:
     wherever it is made. ``tight`` None: what the masks' segmenter chose, else 0.5.
     """
 
-    def __init__(self, masks_dir: Path, backgrounds_dir: Path, tight: float | None = None, feather: float = DEFAULT_FEATHER):
+    def __init__(self, masks_dir: Path, backgrounds_dir: Path, tight: float | None = None, feather: float = DEFAULT_FEATHER,
+                 layout: DatasetLayout | None = None):
         self.masks_dir = Path(masks_dir)
         if not self.masks_dir.is_dir():
             raise StepError(f"masks folder not found: {self.masks_dir}")
         self.tight, self.tight_source = mask_threshold(self.masks_dir, "tight", tight)
         self.feather = feather
-        self.pool = BackgroundPool(backgrounds_dir)
+        self.pool = BackgroundPool(backgrounds_dir, layout)
 
     def alpha(self, item: ImageItem, size_hw: tuple[int, int] | None, required: bool = True) -> np.ndarray:
         """The item's cut-out alpha (its mask must have ``size_hw`` when given); with ``required``, a missing mask
@@ -337,13 +346,32 @@ class ComposeStep(Step):
         self.spool = ManifestSpool(self.out_dir, MANIFEST_FIELDS)  # this run's rows, on disk
         self.collected: set[str] = set()  # keys of items whose rows this run already has
         self.manifest_count = 0
+        self.layout = active_layout().recorded()  # the class rule names the output folders: part of the plan
+        self.journal: Journal | None = None  # finished items, for a fast resume (opened by plan_items)
+        self.earlier: set[str] | None = None  # keys an earlier run finished, by the journal; None: no journal
 
-    # planning is pure: the same item always gets the same composites
+    def fingerprint(self) -> str:
+        """What names and places the composites (options, the backgrounds pool, the class rule): a journal is
+        only read back by a run with the same."""
+        o = self.options
+        plan = [o.variant, o.per_image, o.bg_from, o.seed, o.out_format, list(o.scale), o.rotate, o.translate, list(o.fill),
+                o.include_originals, str(self.core.pool.root.resolve()), len(self.core.pool._index), self.layout]
+        return hashlib.sha256(json.dumps(plan, default=str).encode()).hexdigest()[:12]
+
+    def plan_items(self, items: Sequence[ImageItem], mine: Sequence[ImageItem], shard) -> None:
+        """Open this shard's journal and read which items earlier runs finished."""
+        self.journal = Journal(self.out_dir, MANIFEST_FIELDS, self.fingerprint(), shard.file_suffix)
+        self.earlier = self.journal.finished(self.out_dir, FolderListing()) if self.journal.path.exists() else None
+
+    def known_finished(self, mine: Sequence[ImageItem]) -> set[str] | None:
+        return self.earlier
+
+    # planning is pure: the same item always gets the same composites, under OUT/<its class>/
     def plan(self, item: ImageItem) -> list[Composite]:
         o = self.options
         ext = item.rel.suffix if o.out_format == "same" else "." + o.out_format.lstrip(".")
         stem = item.rel.stem
-        parent = item.rel.parent
+        parent = item.class_rel.parent
         if o.variant == "only-fg":
             return [Composite(parent / f"{stem}__only-fg{ext}", None)]
         if o.variant == "only-bg":
@@ -354,7 +382,7 @@ class ComposeStep(Step):
             rng = item_rng(o.seed, item.key, k, digest=digest)
             bg = self.core.pool.choose(item, rng, o.bg_from, used)
             used.add(bg)
-            name = f"{stem}__{PurePosixPath(bg).parts[0]}__{PurePosixPath(bg).stem}"
+            name = f"{stem}__{self.core.pool.describe(bg)[0]}__{PurePosixPath(bg).stem}"
             if any(p.output.stem == name for p in plans):
                 name += f"__{k}"
             plans.append(Composite(parent / f"{name}{ext}", bg, sample_placement(rng, o)))
@@ -366,7 +394,7 @@ class ComposeStep(Step):
         except ImageError:
             return []  # no background to plan with: the item runs, and fails with the reason
         if self.options.include_originals:
-            paths.append(mirror_path(self.out_dir, item.rel))
+            paths.append(mirror_path(self.out_dir, item.class_rel))
         return paths
 
     def process(self, item: ImageItem) -> list[tuple[Path, np.ndarray, dict]]:
@@ -394,26 +422,32 @@ class ComposeStep(Step):
         for path, array, _ in results:
             write_image_atomic(path, array, quality=self.options.quality)
         if self.options.include_originals:
-            write_bytes_atomic(mirror_path(self.out_dir, item.rel), item.path.read_bytes())
+            write_bytes_atomic(mirror_path(self.out_dir, item.class_rel), item.path.read_bytes())
         return [row for _, _, row in results]
 
     def _row(self, item: ImageItem, plan: Composite) -> dict:
         p = plan.placement
+        bg_class, bg_group = self.core.pool.describe(plan.background) if plan.background else ("", "")
         return {
             "output": str(plan.output),
             "foreground": str(item.rel),
             "background": plan.background or f"flat fill {self.options.fill}",
             "foreground_class": item.cls,
-            "background_class": PurePosixPath(plan.background).parts[0] if plan.background else "",
+            "background_class": bg_class,
             "scale": round(p.scale, 4),
             "angle": round(p.angle, 3),
             "shift_x": p.shift_x,
             "shift_y": p.shift_y,
             "seed": self.options.seed,
+            "foreground_group": item.group or "",
+            "background_group": bg_group or "",
         }
 
     def collect(self, item: ImageItem, rows: list[dict]) -> None:
         self.spool.add(rows)
+        if self.journal is None:
+            self.journal = Journal(self.out_dir, MANIFEST_FIELDS, self.fingerprint())
+        self.journal.add(item.key, rows, MANIFEST_FIELDS)
         self.collected.add(item.key)
 
     def recorded_options(self) -> dict:
@@ -442,6 +476,36 @@ class ComposeStep(Step):
 
     def finish(self, report: RunReport, items: Sequence[ImageItem]) -> None:
         """Write the manifest for every composite of this shard on disk (this run's and earlier runs')."""
+        if self.earlier is not None:
+            self._earlier_rows_from_journal(items)
+        else:
+            self._earlier_rows_from_plans(items)
+        if self.journal is not None:
+            self.journal.close()
+        manifest = self.out_dir / f"manifest{report.shard.file_suffix}.csv"
+        self.manifest_count = self.spool.write_sorted(manifest)
+        if self.preview and self.manifest_count:
+            tiles = [read_image(self.out_dir / output) for output in _spread_outputs(manifest, self.manifest_count, self.preview_count)]
+            write_image_atomic(Path(self.preview), preview_grid(tiles))
+            console.print(f"preview: {self.preview}")
+
+
+    def _earlier_rows_from_journal(self, items: Sequence[ImageItem]) -> None:
+        """The manifest rows of the items earlier runs finished, as their journal lines hold them."""
+        wanted = self.earlier - self.collected
+        if not wanted:
+            return
+        wanted &= {item.key for item in items}
+        for number, key, rows in self.journal.lines():
+            if number > self.journal.lines_before:
+                break
+            if key in wanted:
+                wanted.discard(key)
+                self.spool.add_raw(rows)
+
+    def _earlier_rows_from_plans(self, items: Sequence[ImageItem]) -> None:
+        """No journal (a folder from before journals, or other options): plan each item not composed in this run
+        and take the rows of those whose composites are all on disk (and journal them for the next run)."""
         for item in items:
             if item.key in self.collected:  # composed in this run
                 continue
@@ -451,12 +515,6 @@ class ComposeStep(Step):
                     self.collect(item, self.manifest_rows(item, plans))
             except ImageError:
                 continue
-        manifest = self.out_dir / f"manifest{report.shard.file_suffix}.csv"
-        self.manifest_count = self.spool.write_sorted(manifest)
-        if self.preview and self.manifest_count:
-            tiles = [read_image(self.out_dir / output) for output in _spread_outputs(manifest, self.manifest_count, self.preview_count)]
-            write_image_atomic(Path(self.preview), preview_grid(tiles))
-            console.print(f"preview: {self.preview}")
 
 
 def _spread_outputs(manifest: Path, count: int, wanted: int) -> list[str]:
@@ -562,19 +620,22 @@ class BackSwapDataset:
     its foreground on a background chosen and placed as ``compose`` would, as a PIL image
     (or ``transform(image)``). Call ``set_epoch(e)`` each epoch for reproducible, changing
     combinations; with ``p_original`` the original image is returned that often instead, and
-    always for an image whose mask has no foreground (nothing to cut out).
+    always for an image whose mask has no foreground (nothing to cut out). ``layout`` says where classes come
+    from, as ``--class-level`` / ``--metadata`` do on the command line (default: the first folder).
     """
 
     def __init__(self, data_dir: Path | str, masks_dir: Path | str, backgrounds_dir: Path | str,
-                 options: ComposeOptions | None = None, transform=None, p_original: float = 0.0):
+                 options: ComposeOptions | None = None, transform=None, p_original: float = 0.0, layout: DatasetLayout | None = None):
         self.options = options or ComposeOptions()
         self.options.check()
-        scan = scan_image_folder(Path(data_dir), exclude=[Path(masks_dir), Path(backgrounds_dir)])
+        layout = layout or DatasetLayout()
+        scan, _ = scan_dataset(Path(data_dir), layout, exclude=[Path(masks_dir), Path(backgrounds_dir)])
         self.items = scan.items
         self.classes = scan.classes
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.targets = [self.class_to_idx[it.cls] for it in self.items]
-        self.core = Compositor(Path(masks_dir), Path(backgrounds_dir), self.options.tight, self.options.feather)
+        self.groups = [it.group for it in self.items]
+        self.core = Compositor(Path(masks_dir), Path(backgrounds_dir), self.options.tight, self.options.feather, layout)
         self.transform = transform
         self.p_original = p_original
         self.epoch = 0

@@ -20,7 +20,7 @@ import tempfile
 import warnings
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterable, Iterator, Sequence
 
@@ -43,10 +43,17 @@ class ImageError(Exception):
 
 @dataclass(frozen=True, order=True)
 class ImageItem:
-    """One image of an ImageFolder: its path relative to the root and its class."""
+    """One image of a dataset: its path relative to the root, its class and (when a table says) its group.
+
+    Without ``label`` the class is the first folder (an ImageFolder). A scan with a ``DatasetLayout``
+    (engine/layout.py: ``--class-level K`` or ``--metadata FILE``) sets ``label``, ``group`` and ``level``.
+    """
 
     rel: PurePosixPath  # e.g. PurePosixPath("cow/0001.jpg")
     root: Path
+    label: str | None = field(default=None, compare=False)  # the class, when not the first folder's name
+    group: str | None = field(default=None, compare=False)  # the spurious attribute (e.g. Waterbirds' place)
+    level: int = field(default=1, compare=False)  # the folder level that names the class; 0: a metadata table
 
     @property
     def path(self) -> Path:
@@ -54,12 +61,22 @@ class ImageItem:
 
     @property
     def cls(self) -> str:
-        return self.rel.parts[0]
+        return self.rel.parts[0] if self.label is None else self.label
+
+    @property
+    def class_rel(self) -> PurePosixPath:
+        """The item's path in a class-first ImageFolder (compose's ``OUT/<class>/...``): its own path when its class
+        is its first folder; else the class, then its path without the class folder (whole, for a table's class)."""
+        if self.label is None or self.level == 1:
+            return self.rel
+        parts = self.rel.parts
+        rest = parts if self.level == 0 else parts[: self.level - 1] + parts[self.level :]
+        return PurePosixPath(self.label, *rest)
 
     @property
     def key(self) -> str:
         """Relative path without extension: the name every derived file shares."""
-        return str(self.rel.with_suffix(""))
+        return os.path.splitext(str(self.rel))[0]
 
 
 @dataclass
@@ -169,6 +186,25 @@ def bounding_box(mask: np.ndarray, pad: int = 0, relative_pad: float = 0.0) -> t
     x, y, w, h = cv2.boundingRect(flat.view(np.uint8) if flat.dtype == bool else flat)
     pad = max(pad, int(round(relative_pad * max(w, h))))
     return max(0, y - pad), min(mask.shape[0], y + h + pad), max(0, x - pad), min(mask.shape[1], x + w + pad)
+
+
+class FolderListing:
+    """``exists(path)`` from one listing per folder instead of one ``stat`` per file: checking a million outputs
+    takes seconds (the names in the folders looked at are held)."""
+
+    def __init__(self):
+        self.names: dict[str, frozenset[str]] = {}
+
+    def __call__(self, path: Path | str) -> bool:
+        folder, name = os.path.split(path)
+        names = self.names.get(folder)
+        if names is None:
+            try:
+                names = frozenset(os.listdir(folder))
+            except OSError:
+                names = frozenset()
+            self.names[folder] = names
+        return name in names
 
 
 def mirror_path(out_root: Path, rel: PurePosixPath | str, suffix: str | None = None) -> Path:

@@ -39,6 +39,10 @@ class ManifestSpool:
             self._writer = csv.writer(self._file, lineterminator="\n")
         self._writer.writerows([row[f] for f in self.fields] for row in rows)
 
+    def add_raw(self, rows: Sequence[Sequence[str]]) -> None:
+        """Rows already in field order (a journal's)."""
+        self.add([dict(zip(self.fields, row)) for row in rows])
+
     def write_sorted(self, manifest: Path) -> int:
         """Write ``manifest`` (header, then every row sorted by its first field) atomically; the number of rows."""
         if self._file is not None:
@@ -79,3 +83,72 @@ def _merge_sorted(spool: Path, folder: Path, stack: ExitStack) -> Iterator[list[
         stack.callback(run.unlink, missing_ok=True)
     readers = [csv.reader(stack.enter_context(open(run, newline=""))) for run in runs]
     yield from heapq.merge(*readers, key=lambda row: row[0])
+
+
+class Journal:
+    """compose's journal of finished items: a line per item as it finishes (its key, then its manifest rows),
+    appended and flushed. A rerun with the same plan (``fingerprint``: the options that name and place the
+    composites) reads it to skip finished items without planning them, O(1) per item, and takes their manifest
+    rows from it. A line cut short by a kill is ignored (that item is simply redone)."""
+
+    PREFIX = ".autobackswap-journal-"
+
+    def __init__(self, folder: Path, fields: Sequence[str], fingerprint: str, suffix: str = ""):
+        self.path = Path(folder) / f"{self.PREFIX}{fingerprint}{suffix}.csv"
+        self.width = len(fields)
+        self._file = None
+        self._writer = None
+        self.lines_before = 0  # lines earlier runs wrote
+
+    def __getstate__(self) -> dict:  # the step travels to workers; its open file stays here
+        return {**self.__dict__, "_file": None, "_writer": None}
+
+    def lines(self) -> Iterator[tuple[int, str, list[list[str]]]]:
+        """(line number, key, rows) of every whole line."""
+        try:
+            fh = open(self.path, newline="")
+        except FileNotFoundError:
+            return
+        with fh:
+            reader = csv.reader(fh)
+            number = 0
+            while True:
+                try:
+                    line = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error:  # a line cut inside a quoted field
+                    continue
+                number += 1
+                if len(line) >= 2 and line[1].isdigit() and len(line) == 2 + int(line[1]) * self.width:
+                    yield number, line[0], [line[2 + i * self.width : 2 + (i + 1) * self.width] for i in range(int(line[1]))]
+
+    def finished(self, folder: Path, exists) -> set[str]:
+        """Keys whose journal line lists outputs that all exist (``exists(path)``)."""
+        done: set[str] = set()
+        for number, key, rows in self.lines():
+            self.lines_before = number
+            if all(exists(os.path.join(folder, row[0])) for row in rows):
+                done.add(key)
+        return done
+
+    def add(self, key: str, rows: Sequence[dict], fields: Sequence[str]) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", newline="")
+            if self._file.tell() and not _ends_with_newline(self.path):
+                self._file.write("\n")  # end a line a killed run cut short
+            self._writer = csv.writer(self._file, lineterminator="\n")
+        self._writer.writerow([key, len(rows), *(row[f] for row in rows for f in fields)])
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"

@@ -6,6 +6,7 @@ Rooms (img2dataset style), one role each:
   item left out, counted apart: no failure);
 * ``options``  RunOptions (workers, batch size, shard, overwrite), shards from --shard / torchrun / SLURM,
   devices and precision;
+* ``layout``   the class rule (``DatasetLayout``: a folder level or a metadata table), the active one;
 * ``scan``     the reader: ``prepare_items`` scans DATA; ``read_items`` reads items in the main process,
   collecting failures (trainers, evaluate);
 * ``step``     the step protocol: ``process`` or ``prepare``/``compute``, then ``write``, and the hooks around;
@@ -27,7 +28,8 @@ from .progress import console, make_progress, print_summary
 from .record import (PAPER_THRESHOLDS, RUN_RECORD, build_record, mask_threshold, model_record_path, record_interrupted_training, record_path, status_of,
                      write_run_record)
 from .signals import Interrupted, as_interrupted, stop_on_signals
-from .scan import prepare_items, read_items
+from .layout import DatasetLayout, active_layout, metadata_table, using_layout
+from .scan import prepare_items, read_items, scan_dataset
 from .step import Step
 
 __all__ = [
@@ -35,4 +37,5 @@ __all__ = [
     "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_devices", "resolve_precision", "resolve_shard",
     "shard_from_env", "console", "make_progress", "print_summary", "PAPER_THRESHOLDS", "RUN_RECORD", "build_record",
     "mask_threshold", "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "read_items", "Step",
+    "DatasetLayout", "active_layout", "metadata_table", "using_layout", "scan_dataset",
 ]

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..images import TEMP_PREFIX, ImageItem, remove_stale_temp_files
+from ..images import TEMP_PREFIX, FolderListing, ImageItem, remove_stale_temp_files
 from .errors import FailFast, NoForegroundReason, RunStopper, StepError, failure_reason
 from .lock import output_lock
 from .options import RunOptions, Shard
@@ -143,8 +143,12 @@ def _plan(step: Step, items: Sequence[ImageItem], options: RunOptions, report: R
     if options.overwrite or not _holds_outputs(Path(step.out_dir)):  # a fresh folder: nothing can be finished yet
         todo = list(mine)
     else:
-        exists = _ListedFolders()
-        todo = [it for it in mine if not _finished_earlier(step.outputs(it), exists)]
+        known = step.known_finished(mine)
+        if known is not None:  # the step's own journal says which are finished: no outputs() to compute
+            todo = [it for it in mine if it.key not in known]
+        else:
+            exists = FolderListing()
+            todo = [it for it in mine if not _finished_earlier(step.outputs(it), exists)]
     report.total, report.skipped = len(mine), len(mine) - len(todo)
     return mine, todo
 
@@ -159,26 +163,7 @@ def _holds_outputs(out_dir: Path) -> bool:
         return False
 
 
-class _ListedFolders:
-    """``exists(path)`` from one listing per folder instead of one ``stat`` per file: planning a million items
-    takes seconds (the names of the existing outputs are held while planning)."""
-
-    def __init__(self):
-        self.names: dict[str, frozenset[str]] = {}
-
-    def __call__(self, path: Path) -> bool:
-        folder, name = os.path.split(path)
-        names = self.names.get(folder)
-        if names is None:
-            try:
-                names = frozenset(os.listdir(folder))
-            except OSError:
-                names = frozenset()
-            self.names[folder] = names
-        return name in names
-
-
-def _finished_earlier(outputs: list[Path], exists: _ListedFolders) -> bool:
+def _finished_earlier(outputs: list[Path], exists: FolderListing) -> bool:
     return bool(outputs) and all(exists(p) for p in outputs)
 
 

@@ -56,7 +56,7 @@ def _connect(address: str | None) -> bool:
 
 
 def _item(row: dict) -> ImageItem:
-    return ImageItem(PurePosixPath(row["rel"]), Path(row["root"]))
+    return ImageItem(PurePosixPath(row["rel"]), Path(row["root"]), row["label"], row["group"], row["level"])
 
 
 def _process(row: dict, step: Step) -> dict:
@@ -130,7 +130,8 @@ def run_on_ray(step: Step, todo: Sequence[ImageItem], options: RunOptions, finis
     import ray
 
     try:
-        rows = [{"index": i, "rel": str(item.rel), "root": str(item.root)} for i, item in enumerate(todo)]
+        rows = [{"index": i, "rel": str(item.rel), "root": str(item.root), "label": item.label, "group": item.group, "level": item.level}
+                for i, item in enumerate(todo)]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * available_cores())))
         with warnings.catch_warnings():  # bounded retries are only given through a deprecated argument (Ray 2.60)
             warnings.simplefilter("ignore", DeprecationWarning)

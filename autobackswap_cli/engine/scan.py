@@ -7,13 +7,29 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..images import FolderScan, ImageError, ImageItem, is_inside, items_from_list, scan_image_folder
 from .errors import NoForeground, StepError
+from .layout import DatasetLayout, active_layout, apply_layout
 from .progress import console, make_progress
 
 
+def scan_dataset(data_dir: Path, layout: DatasetLayout | None = None, exclude: Sequence[Path] = (),
+                 files_from: Path | None = None, what: str = "DATA") -> tuple[FolderScan, list[str]]:
+    """DATA's images (scanned, or those ``files_from`` lists) with their class and group by ``layout`` (default:
+    the active one), and the layout's warnings. The one way a dataset is read: steps, trainers, the pool."""
+    layout = active_layout() if layout is None else layout
+    if files_from is not None:
+        if not Path(files_from).is_file():
+            raise StepError(f"--files-from: list not found: {files_from}")
+        scan = items_from_list(data_dir, files_from)
+    else:
+        scan = scan_image_folder(data_dir, exclude=[p for p in exclude if p is not None])
+    return apply_layout(scan, layout, Path(data_dir), what)
+
+
 def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Sequence[Path] = (),
-                  files_from: Path | None = None) -> tuple[list[ImageItem], list[str]]:
-    """Scan DATA for a step (or take the images ``files_from`` lists, unscanned); returns its items and warnings
-    for the run record.
+                  files_from: Path | None = None, layout: DatasetLayout | None = None) -> tuple[list[ImageItem], list[str]]:
+    """Scan DATA for a step (or take the images ``files_from`` lists, unscanned), each item's class by ``layout``
+    (default: the active one: ``--class-level`` / ``--metadata``); returns its items and warnings for the run
+    record.
 
     The step's output folder may not be, hold or lie inside any of its inputs (DATA and ``other_inputs`` such as
     MASKS, BACKGROUNDS, LABELS; symlinks resolved): inputs are never modified. Only an output inside DATA is
@@ -22,35 +38,38 @@ def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Seq
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise StepError(f"input folder not found: {data_dir}")
-    warnings: list[str] = []
     inputs = [Path(p) for p in other_inputs if p is not None]
-    if out_dir is not None:
-        out = Path(out_dir)
-        if out.resolve() == data_dir.resolve():
-            raise StepError(f"output {out} is the input folder itself; choose another folder (inputs are never modified)")
-        for folder in inputs:
-            if is_inside(out, folder) or is_inside(folder, out):
-                relation = "is" if out.resolve() == folder.resolve() else ("lies inside" if is_inside(out, folder) else "holds")
-                raise StepError(f"output {out} {relation} the input folder {folder}; choose another folder (inputs are never modified)")
-        if is_inside(out, data_dir):
-            warnings.append(f"output folder {out} is inside the input folder {data_dir}; it is left out of the input")
-    if files_from is not None:
-        if not Path(files_from).is_file():
-            raise StepError(f"--files-from: list not found: {files_from}")
-        scan: FolderScan = items_from_list(data_dir, files_from)
-    else:
-        scan = scan_image_folder(data_dir, exclude=[p for p in [out_dir, *inputs] if p is not None])
+    warnings = _check_output(data_dir, out_dir, inputs)
+    scan, layout_warnings = scan_dataset(data_dir, layout, [out_dir, *inputs], files_from)
     for cls in scan.empty_classes:
         warnings.append(f"class folder '{cls}' has no images; it is skipped")
     if scan.skipped_files:
         shown = ", ".join(scan.skipped_files[:5]) + (" ..." if len(scan.skipped_files) > 5 else "")
         what = "line(s) of the list that are not DATA/<class>/<image>" if files_from is not None else "file(s) without an image extension"
         warnings.append(f"{len(scan.skipped_files)} {what} were ignored: {shown}")
+    warnings += layout_warnings
     if not scan.items:
-        raise StepError(f"no images found in {data_dir} (expected DATA/<class>/<image>.jpg|png|...)")
+        raise StepError(f"no images found in {data_dir} (expected DATA/<class>/<image>.jpg|png|...)" if not layout_warnings
+                        else f"no images of {data_dir} are placed in a class: {layout_warnings[-1]}")
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}")
     return scan.items, warnings
+
+
+def _check_output(data_dir: Path, out_dir: Path | None, inputs: list[Path]) -> list[str]:
+    """Refuse an output folder that is, holds or lies inside an input (but DATA); the warning for one inside DATA."""
+    if out_dir is None:
+        return []
+    out = Path(out_dir)
+    if out.resolve() == data_dir.resolve():
+        raise StepError(f"output {out} is the input folder itself; choose another folder (inputs are never modified)")
+    for folder in inputs:
+        if is_inside(out, folder) or is_inside(folder, out):
+            relation = "is" if out.resolve() == folder.resolve() else ("lies inside" if is_inside(out, folder) else "holds")
+            raise StepError(f"output {out} {relation} the input folder {folder}; choose another folder (inputs are never modified)")
+    if is_inside(out, data_dir):
+        return [f"output folder {out} is inside the input folder {data_dir}; it is left out of the input"]
+    return []
 
 
 def read_items(items: Sequence[ImageItem], read: Callable[[ImageItem], Any], failures: list[dict], *,

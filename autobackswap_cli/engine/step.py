@@ -37,6 +37,12 @@ class Step:
         """Main process, before the plan and before workers start: all items, this shard's items and the shard
         (e.g. to group this shard's items into tar files). Nothing by default."""
 
+    def known_finished(self, mine: Sequence[ImageItem]) -> set[str] | None:
+        """Main process, after ``plan_items``: the keys of this shard's items the step knows are finished (from
+        its own journal), so planning skips them without computing ``outputs`` (O(1) per item); None (the
+        default): the engine checks each item's ``outputs``."""
+        return None
+
     def setup(self) -> None:
         """Main-process preparation after workers exist (e.g. load the model)."""
 
