@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import StepError, build_record, make_progress, model_record_path, record_interrupted_training, read_items, resolve_device, status_of, write_run_record
-from .images import read_image, scan_image_folder
+from .engine import StepError, build_record, console, make_progress, model_record_path, record_interrupted_training, read_items, resolve_device, scan_dataset, status_of, write_run_record
+from .images import read_image
 from .model_files import SAFETENSORS, TORCH_ZIP, deprecated, file_kind, is_torchscript, read_model, read_state_dict, save_model
 from .nets import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalise
 
@@ -207,12 +207,15 @@ def _torchvision_model(arch: str, weights: Path, num_classes: int | None) -> nn.
 
 
 def _read_dataset(data_dir: Path, size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, list[str], list[dict]]:
-    """Every readable image of DATA resized to size x size, its class index, the classes, and the unreadable files."""
+    """Every readable image of DATA resized to size x size, its class index, the classes, and the unreadable files.
+    Classes come from the active data layout (``--class-level`` / ``--metadata``; default: the first folder)."""
     if not data_dir.is_dir():
         raise StepError(f"input folder not found: {data_dir}")
-    scan = scan_image_folder(data_dir)
+    scan, notes = scan_dataset(data_dir)
+    for note in notes:
+        console.print(f"[yellow]warning:[/] {note}")
     if len(scan.classes) < 2:
-        raise StepError(f"{data_dir} needs at least two class folders with images (found: {', '.join(scan.classes) or 'none'})")
+        raise StepError(f"{data_dir} needs at least two classes with images (found: {', '.join(scan.classes) or 'none'})")
     images, targets, failures = [], [], []
     for item, image in read_items(scan.items, lambda it: square(read_image(it.path), size), failures, progress=progress):
         images.append(image)

@@ -8,7 +8,9 @@ be written), 130 interrupted by Ctrl-C, 143 by SIGTERM (128 + the signal).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import os
 import sys
 from dataclasses import replace
@@ -64,6 +66,47 @@ InpaintModel = Annotated[Optional[str], typer.Option("--model", help="inpaint: d
 BgFrom = Annotated[BackgroundsFrom, typer.Option("--bg-from", help="compose: backgrounds from any (class uniform, then image), other-class, same-class, next-class.")]
 Loose = Annotated[Optional[float], typer.Option("--loose", help="inpaint: fill where P(foreground) is at least this (the loose mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.1.", min=0.0, max=1.0, show_default=False)]
 Tight = Annotated[Optional[float], typer.Option("--tight", help="compose: the foreground is where P(fg) is at least this (the tight mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.5.", min=0.0, max=1.0, show_default=False)]
+
+
+LAYOUT_PANEL = "Where the class comes from (DATA not an ImageFolder)"
+# name -> (type, option, default): the data-layout options, declared once and added to every command that reads
+# DATA by @_layout_options (see engine/layout.py); the command receives them as one ``layout``
+_LAYOUT_OPTIONS = {
+    "class_level": (int, typer.Option("--class-level", min=1, rich_help_panel=LAYOUT_PANEL, help="The K-th folder under DATA names the class (1: DATA/<class>/...; Spawrious with DATA = m2m: 3, <env>/<location>/<breed>/).")),
+    "metadata": (Optional[Path], typer.Option("--metadata", dir_okay=False, rich_help_panel=LAYOUT_PANEL, help="A CSV naming each image by its path under DATA, with its class and optionally group and split (e.g. Waterbirds' metadata.csv). Images without a row are left out.")),
+    "split": (Optional[str], typer.Option("--split", rich_help_panel=LAYOUT_PANEL, help="--metadata: keep only the rows of this split (its value, or train/val/test for a table numbered 0/1/2).")),
+    "class_names": (Optional[str], typer.Option("--class-names", rich_help_panel=LAYOUT_PANEL, help="--metadata: names for the class values 0,1,... (e.g. landbird,waterbird); default: the values.")),
+    "group_names": (Optional[str], typer.Option("--group-names", rich_help_panel=LAYOUT_PANEL, help="--metadata: names for the group values 0,1,... (e.g. land,water).")),
+    "path_column": (Optional[str], typer.Option("--path-column", rich_help_panel=LAYOUT_PANEL, help="--metadata: the path column (default: img_filename, path, filename, file or image).")),
+    "class_column": (Optional[str], typer.Option("--class-column", rich_help_panel=LAYOUT_PANEL, help="--metadata: the class column (default: y, label, class or target).")),
+    "group_column": (Optional[str], typer.Option("--group-column", rich_help_panel=LAYOUT_PANEL, help="--metadata: the group (spurious attribute) column (default: place or group).")),
+    "split_column": (Optional[str], typer.Option("--split-column", rich_help_panel=LAYOUT_PANEL, help="--metadata: the split column (default: split).")),
+    "id_column": (Optional[str], typer.Option("--id-column", rich_help_panel=LAYOUT_PANEL, help="--metadata: the image id column that label --from-csv rows may name (default: img_id or id).")),
+}
+
+
+def _layout_options(fn):
+    """Give a command the data-layout options (declared once, above) and hand it the ``DatasetLayout`` they make
+    as ``data_layout``, active while it runs (every scan, pool and run record of the command follows it)."""
+    from .engine import DatasetLayout, using_layout
+
+    signature = inspect.signature(fn, eval_str=True)
+    defaults = {f.name: f.default for f in dataclasses.fields(DatasetLayout)}
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name], annotation=Annotated[kind, option])
+             for name, (kind, option) in _LAYOUT_OPTIONS.items()]
+    kept = [p for name, p in signature.parameters.items() if name != "data_layout"]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        values = {name: kwargs.pop(name, defaults[name]) for name in _LAYOUT_OPTIONS}
+        values["metadata"] = str(values["metadata"]) if values["metadata"] is not None else None
+        layout = DatasetLayout(**values)
+        with using_layout(layout):
+            return fn(*args, data_layout=layout, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=kept + added)
+    wrapper.__annotations__ = {p.name: p.annotation for p in kept + added}
+    return wrapper
 
 
 def _run_options(workers: int, batch_size: int, shard: Optional[str], overwrite: bool, fail_fast: bool, no_progress: bool,
@@ -157,16 +200,17 @@ def sample_data_cmd(
 
 @app.command("label")
 @_handles_errors
+@_layout_options
 def label_cmd(
-    data: Annotated[Path, typer.Argument(help="Input ImageFolder (DATA/<class>/<image>).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="LABELS folder to write P x P grids to.")],
+    data: Annotated[Path, typer.Argument(help="Input ImageFolder (DATA/<class>/<image>), or any folder with --class-level / --metadata.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="LABELS folder to write P x P grids to (mirroring DATA's paths).")],
     from_masks: Annotated[Optional[Path], typer.Option("--from-masks", help="Import pixel masks mirroring DATA (DIR/<class>/<name>.png).")] = None,
-    from_csv: Annotated[Optional[Path], typer.Option("--from-csv", help="Import the reference implementation's masks.csv (info,mask).")] = None,
+    from_csv: Annotated[Optional[Path], typer.Option("--from-csv", help="Import the reference implementation's masks.csv (info,mask): info is a path under DATA (a leading '/' is fine) or, with --metadata, an image id (img_id).")] = None,
     from_coco: Annotated[Optional[Path], typer.Option("--from-coco", help="Import a COCO instances JSON (polygons and RLE).")] = None,
     count: Annotated[Optional[int], typer.Option("--count", help="Label only N images, stratified over classes.", min=1)] = None,
     grid: Annotated[Optional[int], typer.Option("--grid", help="Patch grid size P (default 16; --from-csv infers it from the mask length).", min=2)] = None,
     threshold: Annotated[float, typer.Option("--threshold", help="A patch is foreground when its mean mask value is at least this.", min=0.0, max=1.0)] = 0.25,
-    export_csv: Annotated[Optional[Path], typer.Option("--export-csv", help="Also write LABELS as the reference masks.csv.")] = None,
+    export_csv: Annotated[Optional[Path], typer.Option("--export-csv", help="Also write LABELS as the reference masks.csv, naming images as the imported file did (ids with --metadata, '/path', or path).")] = None,
     segmenter: Annotated[Optional[Path], typer.Option("--segmenter", help="Labelling page: pre-fill each grid with this segmenter's prediction (SEGMENTER.safetensors).", dir_okay=False)] = None,
     host: Annotated[str, typer.Option("--host", help="Labelling page: address to listen on (127.0.0.1 keeps it on this machine).")] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option("--port", help="Labelling page: port (default 8765, or a free one when taken; 0 = any free one).", min=0, max=65535)] = None,
@@ -176,10 +220,11 @@ def label_cmd(
     overwrite: Overwrite = False,
     fail_fast: FailFastOpt = False,
     no_progress: NoProgress = False,
+    data_layout=None,
 ) -> None:
     """Make patch labels: paint them on a local web page, or import them from masks, a masks.csv or COCO."""
     from .engine import prepare_items
-    from .labels import ImportRequest, export_csv as write_csv, import_labels, read_labels_info
+    from .labels import ImportRequest, export_csv as write_csv, import_labels, read_labels_info, reference_names
 
     chosen = [(kind, path) for kind, path in (("masks", from_masks), ("csv", from_csv), ("coco", from_coco)) if path is not None]
     if len(chosen) > 1:
@@ -194,7 +239,7 @@ def label_cmd(
         serve(LabelStore(data, out, items, count=count, seed=seed, grid=grid, segmenter=segmenter), host=host, port=port, open_browser=not no_browser)
         return
     if export_csv:
-        rows, unlabelled = write_csv(out, items, export_csv, read_labels_info(out).grid)
+        rows, unlabelled = write_csv(out, items, export_csv, read_labels_info(out).grid, reference_names(out, data))
         console.print(f"exported {rows} labelled image(s) to {export_csv}" + (f" ({unlabelled} unlabelled patches written as 0)" if unlabelled else ""))
     if chosen:
         _finish(report)
@@ -205,8 +250,9 @@ def label_cmd(
 
 @app.command("train-segmenter")
 @_handles_errors
+@_layout_options
 def train_segmenter_cmd(
-    data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
+    data: Annotated[Path, typer.Argument(help="Input folder: an ImageFolder (DATA/<class>/<image>), or any layout with --class-level / --metadata.")],
     labels: Annotated[Path, typer.Argument(help="LABELS folder (from `autobackswap label`).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint file to write, e.g. segmenter.safetensors.", dir_okay=False)],
     backbone: Annotated[str, typer.Option("--backbone", help="u2netp (default: pixel-accurate, its pretrained weights ship with the package), small-cnn (patch resolution, from scratch), efficientnet_b0, resnet18, resnet50, mobilenet_v3_large.")] = "u2netp",
@@ -222,6 +268,7 @@ def train_segmenter_cmd(
     device: Device = "auto",
     seed: Seed = 0,
     no_progress: NoProgress = False,
+    data_layout=None,
 ) -> None:
     """Train the secondary network (the segmenter) from patch labels."""
     from .segmenter.train import TrainOptions, thresholds_line, train_segmenter
@@ -251,8 +298,9 @@ def train_segmenter_cmd(
 
 @app.command("segment")
 @_handles_errors
+@_layout_options
 def segment_cmd(
-    data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
+    data: Annotated[Path, typer.Argument(help="Input folder: an ImageFolder (DATA/<class>/<image>), or any layout with --class-level / --metadata.")],
     segmenter: Annotated[Path, typer.Option("--segmenter", "--model", "-m", help="Segmenter checkpoint from train-segmenter.", dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="MASKS folder: <class>/<name>.png, value = P(foreground) * 255.")],
     refine: RefineOpt = Refine.grabcut,
@@ -271,6 +319,7 @@ def segment_cmd(
     fail_fast: FailFastOpt = False,
     preview: Preview = None,
     no_progress: NoProgress = False,
+    data_layout=None,
 ) -> None:
     """Segment every image: soft foreground masks at full resolution."""
     from .engine import prepare_items, run_step
@@ -287,8 +336,9 @@ def segment_cmd(
 
 @app.command("inpaint")
 @_handles_errors
+@_layout_options
 def inpaint_cmd(
-    data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
+    data: Annotated[Path, typer.Argument(help="Input folder: an ImageFolder (DATA/<class>/<image>), or any layout with --class-level / --metadata.")],
     masks: Annotated[Path, typer.Argument(help="MASKS folder from `autobackswap segment` (or your own masks, 0..255).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="BACKGROUNDS folder: each image with its foreground filled in.")],
     method: MethodOpt = InpaintMethod.texture,
@@ -318,6 +368,7 @@ def inpaint_cmd(
     fail_fast: FailFastOpt = False,
     preview: Preview = None,
     no_progress: NoProgress = False,
+    data_layout=None,
 ) -> None:
     """Remove the foreground and fill the hole: a clean background per image."""
     from .engine import prepare_items, run_step
@@ -349,11 +400,12 @@ def _floats(text: str, name: str, count: int) -> tuple[float, ...]:
 
 @app.command("compose")
 @_handles_errors
+@_layout_options
 def compose_cmd(
-    data: Annotated[Path, typer.Argument(help="Input ImageFolder (the foregrounds).")],
+    data: Annotated[Path, typer.Argument(help="Input folder (the foregrounds): an ImageFolder, or any layout with --class-level / --metadata.")],
     masks: Annotated[Path, typer.Argument(help="MASKS folder from `autobackswap segment`.")],
     backgrounds: Annotated[Path, typer.Argument(help="BACKGROUNDS folder from `autobackswap inpaint`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="OUT folder: <class>/<name>__<bg-class>__<bg-name>.<ext> and manifest.csv.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="OUT folder, always an ImageFolder: <class>/<path under DATA>__<bg-class>__<bg-name>.<ext> (the class by --class-level / --metadata), and manifest.csv (source, class and group of each composite).")],
     per_image: Annotated[int, typer.Option("--per-image", "-k", help="Composites per foreground image.", min=1)] = 1,
     bg_from: BgFrom = BackgroundsFrom.any,
     only_fg: Annotated[bool, typer.Option("--only-fg", help="Write each foreground on a flat fill instead (IN-9 Only-FG).")] = False,
@@ -380,6 +432,7 @@ def compose_cmd(
     fail_fast: FailFastOpt = False,
     preview: Preview = None,
     no_progress: NoProgress = False,
+    data_layout=None,
 ) -> None:
     """Put every foreground onto backgrounds of other images and classes: the augmented dataset."""
     from .compose import ComposeOptions, compose_step
@@ -404,8 +457,9 @@ def compose_cmd(
 
 @app.command("train-classifier")
 @_handles_errors
+@_layout_options
 def train_classifier_cmd(
-    data: Annotated[Path, typer.Argument(help="Training ImageFolder, e.g. compose's OUT (its manifest.csv is ignored).")],
+    data: Annotated[Path, typer.Argument(help="Training ImageFolder, e.g. compose's OUT (its manifest.csv is ignored), or any folder with --class-level / --metadata.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write, e.g. model.safetensors (+ model.safetensors.json: the run record).", dir_okay=False)],
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.", min=1)] = 50,
     image_size: Annotated[int, typer.Option("--image-size", help="Network input side; images are resized (squashed) to it.", min=16)] = 64,
@@ -414,6 +468,7 @@ def train_classifier_cmd(
     device: Device = "auto",
     seed: Seed = 0,
     no_progress: NoProgress = False,
+    data_layout=None,
 ) -> None:
     """Train a small CNN classifier (minutes on a CPU) to check what a dataset teaches; writes one safetensors file."""
     from .classifier import ClassifierOptions, train_classifier
@@ -434,8 +489,9 @@ def train_classifier_cmd(
 
 @app.command("evaluate")
 @_handles_errors
+@_layout_options
 def evaluate_cmd(
-    test: Annotated[Path, typer.Argument(help="Test ImageFolder.")],
+    test: Annotated[Path, typer.Argument(help="Test ImageFolder (or any folder with --class-level / --metadata ... --split test).")],
     masks: Annotated[Path, typer.Option("--masks", help="MASKS of the test images (from `autobackswap segment`, or ground truth).")],
     backgrounds: Annotated[Path, typer.Option("--backgrounds", help="BACKGROUNDS of the test images (from `autobackswap inpaint`).")],
     model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Classifier file written by train-classifier; repeat to compare models.", dir_okay=False)] = None,
@@ -443,7 +499,7 @@ def evaluate_cmd(
     weights: Annotated[Optional[Path], typer.Option("--weights", help="... with its state dict file: safetensors or torch.save, loaded without running code (never downloaded).", dir_okay=False)] = None,
     torchscript: Annotated[Optional[list[Path]], typer.Option("--torchscript", help="Or a TorchScript model from another tool (opt-in: TorchScript is deprecated and its files carry code); repeatable.", dir_okay=False)] = None,
     mix_from: Annotated[Optional[Path], typer.Option("--mix-from", help="Backgrounds for the mixed-* variants, by class (default: --backgrounds). On a test set whose backgrounds do not follow its classes, give the training set's.")] = None,
-    groups: Annotated[Optional[Path], typer.Option("--groups", help="CSV with image,background columns (image relative to TEST): per-group and worst-group accuracy.", dir_okay=False)] = None,
+    groups: Annotated[Optional[Path], typer.Option("--groups", help="CSV with image,background columns (image relative to TEST): per-group and worst-group accuracy. With --metadata, its group column (e.g. Waterbirds' place) gives the groups instead.", dir_okay=False)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON.", dir_okay=False)] = None,
     chart: Annotated[Optional[Path], typer.Option("--chart", help="Write a bar chart PNG of the accuracies.", dir_okay=False)] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side (default: from the model file, else 224).", min=8)] = None,
@@ -452,6 +508,7 @@ def evaluate_cmd(
     seed: Seed = 0,
     preview: Preview = None,
     no_progress: NoProgress = False,
+    data_layout=None,
 ) -> None:
     """How much a classifier relies on backgrounds: IN-9 variants, BG-Gap, per-group and worst-group accuracy."""
     from .evaluate import EvaluateOptions, ModelSource, evaluate, print_report
@@ -484,9 +541,10 @@ def convert_model_cmd(
 
 @app.command("run")
 @_handles_errors
+@_layout_options
 def run_cmd(
     ctx: typer.Context,
-    data: Annotated[Path, typer.Argument(help="Input ImageFolder.")],
+    data: Annotated[Path, typer.Argument(help="Input folder: an ImageFolder (DATA/<class>/<image>), or any layout with --class-level / --metadata.")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="LABELS folder (from `autobackswap label`).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="WORK folder: segmenter.safetensors, masks/, backgrounds/, composites/ and autobackswap.json (every step's options).")],
     config: Annotated[Optional[Path], typer.Option("--config", help="Replay the options of an earlier run: its WORK/autobackswap.json. Options given here override it.", dir_okay=False, exists=True)] = None,
@@ -514,12 +572,13 @@ def run_cmd(
     fail_fast: FailFastOpt = False,
     preview: Preview = None,
     no_progress: NoProgress = False,
+    data_layout=None,
 ) -> None:
     """The whole chain: train-segmenter, segment, inpaint, compose (resumable step by step)."""
     from .pipeline import RUN_FLAGS, PipelineOptions, run_pipeline
 
     flags = {name: ctx.params[name] for name in RUN_FLAGS}
-    flags = {k: v.value if isinstance(v, Enum) else v for k, v in flags.items()}
+    flags = {k: v.value if isinstance(v, Enum) else (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}
     if config is not None:  # the record's options, then what this command line says
         flags = {k: v for k, v in flags.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     base = PipelineOptions.from_record(config) if config else PipelineOptions()

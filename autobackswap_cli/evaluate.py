@@ -16,9 +16,9 @@ helps the model. The mixed variants draw backgrounds from ``mix_from`` (default:
 the test set's own backgrounds); when the test set's backgrounds do not follow its
 classes (a de-biased test set), point it at the training set's backgrounds.
 
-With a groups CSV (``image,background`` columns; image relative to TEST) the
-original images are also scored per (class, background group), and the worst group
-is reported. Background choices come from (seed, image, variant), so a rerun gives
+With a groups CSV (``image,background`` columns; image relative to TEST), or a
+metadata table with a group column (``--metadata``: Waterbirds' place), the original
+images are also scored per (class, group), and the worst group is reported. Background choices come from (seed, image, variant), so a rerun gives
 the same numbers and a byte-identical JSON. A test image whose mask has no foreground
 has no only-fg or mixed variant: it is left out of every variant and counted apart
 (``images.no_foreground``), not as a failure.
@@ -39,7 +39,7 @@ from rich.table import Table
 
 from .classifier import Classifier, load_classifier
 from .compose import Compositor, item_rng
-from .engine import RunReport, StepError, console, prepare_items, print_summary, read_items
+from .engine import RunReport, StepError, active_layout, console, prepare_items, print_summary, read_items
 from .images import ImageItem, preview_grid, read_image, spread_sample, write_bytes_atomic, write_image_atomic
 
 VARIANTS = ("original", "only-fg", "only-bg", "mixed-same", "mixed-rand", "mixed-next")
@@ -125,6 +125,17 @@ def read_groups(csv_path: Path, items: Sequence[ImageItem]) -> dict[str, str]:
     return groups
 
 
+def _groups(options: EvaluateOptions, items: Sequence[ImageItem]) -> tuple[dict[str, str] | None, str | None]:
+    """Each test image's group, and where the groups came from: the ``--groups`` CSV, else the metadata table's
+    group column (``--metadata``: Waterbirds' place), else none."""
+    if options.groups:
+        return read_groups(options.groups, items), f"csv {options.groups}"
+    if any(it.group is not None for it in items):
+        layout = active_layout()
+        return {it.key: it.group for it in items if it.group is not None}, f"metadata {Path(layout.metadata).name if layout.metadata else ''}".strip()
+    return None, None
+
+
 # --------------------------------------------------------------------------- scoring
 
 
@@ -135,7 +146,7 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
         raise StepError("give at least one model: --model FILE, or --arch NAME --weights FILE")
     items, _ = prepare_items(Path(test_dir), other_inputs=[options.masks, options.backgrounds])
     make_variants = VariantMaker(options.masks, options.backgrounds, options.mix_from, options.seed)
-    groups = read_groups(options.groups, items) if options.groups else None
+    groups, groups_from = _groups(options, items)
     classes = sorted({it.cls for it in items})
     models = [load_classifier(s.path, s.arch, s.weights, len(classes), options.image_size, options.device, s.torchscript) for s in sources]
     _name_uniquely(models)
@@ -170,6 +181,7 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
         "backgrounds": str(options.backgrounds),
         "mix_from": str(options.mix_from or options.backgrounds),
         "groups_csv": str(options.groups) if options.groups else None,
+        "groups_from": groups_from,
         "seed": options.seed,
         "classes": classes,
         "images": {"total": len(items), "evaluated": len(items) - len(failures) - len(no_foreground), "failed": len(failures),
@@ -251,10 +263,10 @@ def print_report(evaluation: Evaluation) -> None:
     for v in VARIANTS:
         table.add_row(f"accuracy {v}", *(_fmt(m["accuracy"][v]) for m in models))
     table.add_row("BG-Gap (same - rand)", *(_fmt(m["bg_gap"], signed=True) for m in models), style="bold")
-    if report["groups_csv"]:
+    if report["groups_from"]:
         table.add_row("worst-group accuracy", *(_worst(m) for m in models), style="bold")
     console.print(table)
-    if report["groups_csv"] and models[0]["groups"]:
+    if report["groups_from"] and models[0]["groups"]:
         per_group = Table(title="accuracy per (class, background) group, original images")
         per_group.add_column("group")
         per_group.add_column("images", justify="right")

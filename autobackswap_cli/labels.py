@@ -24,13 +24,13 @@ import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from .engine import Step, StepError, console, run_step
+from .engine import Step, StepError, active_layout, console, metadata_table, run_step
 from .images import IMAGE_EXTENSIONS, ImageError, ImageItem, image_size, write_bytes_atomic, write_mask_atomic
 
 FOREGROUND, BACKGROUND, UNLABELLED = 255, 0, 128
@@ -117,11 +117,12 @@ def labelled_items(labels_dir: Path, items: Sequence[ImageItem]) -> list[ImageIt
     return [it for it in items if label_path(labels_dir, it).exists()]
 
 
-def select_stratified(keys: Sequence[str], count: int, seed: int = 0) -> list[str]:
-    """Choose ``count`` keys ('class/...') spread evenly over classes, reproducibly."""
+def select_stratified(keys: Sequence[str], count: int, seed: int = 0, class_of: Callable[[str], str] | None = None) -> list[str]:
+    """Choose ``count`` keys spread evenly over classes, reproducibly; a key's class is ``class_of(key)`` (default:
+    its first folder, 'class/...')."""
     by_class: dict[str, list[str]] = {}
     for key in sorted(keys):
-        by_class.setdefault(str(key).split("/")[0], []).append(key)
+        by_class.setdefault(class_of(key) if class_of else str(key).split("/")[0], []).append(key)
     rng = random.Random(seed)
     for members in by_class.values():
         rng.shuffle(members)
@@ -193,7 +194,9 @@ def coco_mask(annotations: Iterable[dict], h: int, w: int) -> np.ndarray:
 
 
 class _Matcher:
-    """Maps names found in annotation files to DATA items: 'cls/name.jpg', 'cls/name', 'name.jpg' or 'name'."""
+    """Maps names found in annotation files to DATA items: a path under DATA ('cls/name.jpg', with or without the
+    extension or a leading '/'), or any unambiguous tail of one ('0/snow/labrador/x.png' under DATA = spawrious224,
+    'name.jpg', 'name')."""
 
     def __init__(self, items: Sequence[ImageItem]):
         self.by_key: dict[str, ImageItem] = {}
@@ -201,11 +204,17 @@ class _Matcher:
         for it in items:
             for k in (str(it.rel), it.key):
                 self.by_key[k.lower()] = it
-            for k in (it.rel.name, it.rel.stem):
-                k = k.lower()
-                if k in self.by_key and self.by_key[k] is not it:
-                    ambiguous.add(k)
-                self.by_key.setdefault(k, it)
+            for path in (str(it.rel).lower(), it.key.lower()):
+                parts = path.split("/")
+                for n in range(1, len(parts)):
+                    k = "/".join(parts[n:])
+                    if k in self.by_key and self.by_key[k] is not it:
+                        ambiguous.add(k)
+                    self.by_key.setdefault(k, it)
+        for it in items:  # a whole path always names its own item
+            for k in (str(it.rel), it.key):
+                ambiguous.discard(k.lower())
+                self.by_key[k.lower()] = it
         for k in ambiguous:
             self.by_key.pop(k, None)
 
@@ -214,7 +223,7 @@ class _Matcher:
         hit = self.by_key.get(name)
         if hit is None and "/" in name:  # absolute or longer paths: try the tail
             parts = name.split("/")
-            for n in range(min(len(parts), 3), 0, -1):
+            for n in range(len(parts) - 1, 0, -1):
                 hit = self.by_key.get("/".join(parts[-n:]))
                 if hit is not None:
                     break
@@ -234,6 +243,7 @@ class LabelSource:
     coco: dict[str, tuple[int, int, list]] = field(default_factory=dict)  # item rel -> (h, w, annotations)
     available: list[ImageItem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    info_form: str = "path"  # csv: how its rows named images: path, /path (a leading '/') or id
 
     def grid_for(self, item: ImageItem) -> np.ndarray:
         if self.method == "from-masks":
@@ -273,32 +283,46 @@ def source_from_masks(masks_dir: Path, items: Sequence[ImageItem], grid: int, th
     return src
 
 
-def source_from_csv(csv_path: Path, items: Sequence[ImageItem], grid: int | None) -> LabelSource:
+def source_from_csv(csv_path: Path, items: Sequence[ImageItem], grid: int | None, ids: dict[str, str] | None = None) -> LabelSource:
+    """The reference ``info,mask`` rows. ``info`` is a path (under DATA, or a tail of one, e.g. Spawrious'
+    '/0/snow/labrador/x.png') or, with ``ids`` (a metadata table's id -> path), an image id (Waterbirds' img_id).
+    Rows that name no image, and a second row for an image, are warnings naming their lines."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise StepError(f"--from-csv: file not found: {csv_path}")
     matcher = _Matcher(items)
-    with open(csv_path, newline="") as fh:
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"info", "mask"} <= {f.strip() for f in reader.fieldnames}:
             raise StepError(f"--from-csv: {csv_path} needs the columns 'info,mask' (found {reader.fieldnames})")
-        rows = [{k.strip(): (v or "") for k, v in row.items() if k} for row in reader]
+        rows = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k}) for row in reader]
     if not rows:
         raise StepError(f"--from-csv: {csv_path} has no rows")
-    lengths = {len(r["mask"].strip()) for r in rows}
-    p = grid or int(round(math.sqrt(max(lengths))))
+    p = grid or int(round(math.sqrt(max(len(r["mask"]) for _, r in rows))))
     src = LabelSource("from-csv", str(csv_path), p)
-    unmatched = []
-    for r in rows:
-        item = matcher.find(r["info"])
+    unmatched, repeated, by_id, first = [], [], 0, {}
+    for line, r in rows:
+        name = r["info"]
+        if ids is not None and name in ids:
+            name, by_id = ids[name], by_id + 1
+        item = matcher.find(name)
         if item is None:
-            unmatched.append(r["info"])
-            continue
-        src.rows[str(item.rel)] = r["mask"]
-        src.available.append(item)
+            unmatched.append(f"line {line} ({r['info']}{', not an id of the metadata' if ids is not None and r['info'].isdigit() else ''})")
+        elif str(item.rel) in src.rows:
+            repeated.append(f"line {line} ({r['info']}: {item.rel} again, first on line {first[str(item.rel)]})")
+        else:
+            src.rows[str(item.rel)], first[str(item.rel)] = r["mask"], line
+            src.available.append(item)
+    src.info_form = "id" if by_id else ("/path" if all(r["info"].startswith("/") for _, r in rows) else "path")
     if unmatched:
-        src.warnings.append(f"{len(unmatched)} row(s) of {csv_path.name} name no image in DATA: {', '.join(unmatched[:5])}")
+        src.warnings.append(f"{len(unmatched)} row(s) of {csv_path.name} name no image in DATA: {_listed(unmatched)}")
+    if repeated:
+        src.warnings.append(f"{len(repeated)} row(s) of {csv_path.name} label an image a second time (the first row is kept): {_listed(repeated)}")
     return src
+
+
+def _listed(names: Sequence[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
 def source_from_coco(json_path: Path, items: Sequence[ImageItem], grid: int, threshold: float) -> LabelSource:
@@ -353,8 +377,32 @@ class LabelImportStep(Step):
         return {"method": self.source.method, "source": self.source.source, "grid": self.source.grid, "threshold": self.source.threshold}
 
 
-def export_csv(labels_dir: Path, items: Sequence[ImageItem], csv_path: Path, grid: int | None = None) -> tuple[int, int]:
-    """Write the reference ``info,mask`` CSV for every labelled item; returns (rows, unlabelled patches written as 0)."""
+def _id_table(data_dir: Path):
+    """The active metadata table (``--metadata``) when it has an image id column, else None."""
+    layout = active_layout()
+    if layout.metadata is None:
+        return None
+    table = metadata_table(layout, Path(data_dir), ids=True)
+    return table if "id" in table.columns else None
+
+
+def reference_names(labels_dir: Path, data_dir: Path) -> Callable[[ImageItem], str]:
+    """How an exported row names its image, as the reference implementation reads it back: the metadata's image
+    id (Waterbirds; labels imported by id, or made here, with ``--metadata`` that has ids), a path with a leading
+    '/' (labels imported from such rows: Spawrious), else the path under DATA."""
+    form = read_labels_info(labels_dir).extra.get("csv_info")
+    table = _id_table(data_dir) if form in (None, "id") else None
+    if table is not None:
+        return lambda item: table.paths.get(item.key, str(item.rel))
+    if form == "/path":
+        return lambda item: "/" + str(item.rel)
+    return lambda item: str(item.rel)
+
+
+def export_csv(labels_dir: Path, items: Sequence[ImageItem], csv_path: Path, grid: int | None = None,
+               name_of: Callable[[ImageItem], str] = lambda item: str(item.rel)) -> tuple[int, int]:
+    """Write the reference ``info,mask`` CSV for every labelled item, ``info`` = ``name_of(item)`` (see
+    ``reference_names``); returns (rows, unlabelled patches written as 0)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["info", "mask"])
@@ -365,7 +413,7 @@ def export_csv(labels_dir: Path, items: Sequence[ImageItem], csv_path: Path, gri
             continue
         g = read_grid(path, grid)
         unlabelled += int((g == UNLABELLED).sum())
-        writer.writerow([str(item.rel), grid_to_string(g)])
+        writer.writerow([name_of(item), grid_to_string(g)])
         rows += 1
     write_bytes_atomic(Path(csv_path), buf.getvalue().encode())
     return rows, unlabelled
@@ -389,14 +437,16 @@ def import_labels(data_dir: Path, out_dir: Path, items: Sequence[ImageItem], req
     if request.kind == "masks":
         source = source_from_masks(request.path, items, request.grid or DEFAULT_GRID, request.threshold)
     elif request.kind == "csv":
-        source = source_from_csv(request.path, items, request.grid)
+        table = _id_table(data_dir)
+        source = source_from_csv(request.path, items, request.grid, table.ids if table else None)
     else:
         source = source_from_coco(request.path, items, request.grid or DEFAULT_GRID, request.threshold)
     for w in source.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     targets = source.available
     if request.count is not None:
-        keep = set(select_stratified([str(it.rel) for it in targets], request.count, request.seed))
+        class_of = {str(it.rel): it.cls for it in targets}
+        keep = set(select_stratified(list(class_of), request.count, request.seed, class_of.get))
         targets = [it for it in targets if str(it.rel) in keep]
     if not targets:
         raise StepError(f"{source.source} labels none of the images in {data_dir}")
@@ -406,5 +456,6 @@ def import_labels(data_dir: Path, out_dir: Path, items: Sequence[ImageItem], req
     report = run_step(LabelImportStep(source, out_dir), targets, options, [*warnings, *source.warnings])
     labelled = sum(1 for it in items if label_path(out_dir, it).exists())
     write_labels_info(out_dir, LabelsInfo(grid=source.grid, source=source.source, method=source.method,
-                                          threshold=source.threshold if source.method != "from-csv" else None, count=labelled))
+                                          threshold=source.threshold if source.method != "from-csv" else None, count=labelled,
+                                          extra={"csv_info": source.info_form} if source.method == "from-csv" else {}))
     return report

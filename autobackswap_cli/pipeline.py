@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .compose import ComposeOptions, compose_step
-from .engine import (RunOptions, RunReport, StepError, build_record, console, prepare_items, print_summary, record_path,
-                     run_step, status_of, write_run_record)
+from .engine import (DatasetLayout, RunOptions, RunReport, StepError, build_record, console, prepare_items, print_summary, record_path,
+                     run_step, status_of, using_layout, write_run_record)
 from .inpaint import InpaintOptions
 from .inpaint.step import FillRegion, InpaintStep
 from .segmenter.predict import SegmentOptions, SegmentStep
@@ -45,8 +45,10 @@ RUN_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
     "batch_size": (("run", "batch_size"),),
     "overwrite": (("run", "overwrite"),),
     "fail_fast": (("run", "fail_fast"),),
+    **{name: (("layout", name),) for name in ("class_level", "metadata", "split", "class_names", "group_names", "path_column",
+                                              "class_column", "group_column", "split_column", "id_column")},
 }
-SECTIONS = ("train", "segment", "inpaint", "region", "compose")  # replayed from a record; `run` (shard, ...) is not
+SECTIONS = ("train", "segment", "inpaint", "region", "compose", "layout")  # replayed from a record; `run` (shard, ...) is not
 
 
 @dataclass
@@ -56,6 +58,7 @@ class PipelineOptions:
     inpaint: InpaintOptions = field(default_factory=InpaintOptions)
     region: FillRegion = field(default_factory=FillRegion)
     compose: ComposeOptions = field(default_factory=ComposeOptions)
+    layout: DatasetLayout = field(default_factory=DatasetLayout)  # where each image's class comes from
     run: RunOptions = field(default_factory=RunOptions)
     preview: str | None = None  # a PNG grid of composites
 
@@ -107,7 +110,13 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
     """Run every step in order; returns the item steps' reports (failures do not stop later steps). WORK gets a
     run record with every step's options (``run --config`` replays it). An image with no foreground is no
     failure: segment writes its empty mask, inpaint keeps it as its own background, compose leaves it out and
-    counts it (``no_foreground``); only failures make the exit code 1."""
+    counts it (``no_foreground``); only failures make the exit code 1. Every step places images in classes by
+    ``options.layout``."""
+    with using_layout(options.layout):
+        return _run_steps(data, labels, work, options)
+
+
+def _run_steps(data: Path, labels: Path, work: Path, options: PipelineOptions) -> list[RunReport]:
     t0 = time.perf_counter()
     paths = work_paths(work)
     Path(work).mkdir(parents=True, exist_ok=True)

@@ -50,11 +50,12 @@ class Session:
     skipped: list[str] = field(default_factory=list)
 
 
-def interleave_classes(keys: list[str]) -> list[str]:
-    """Order keys class by class in turn (a, b, c, a, b, c, ...), so any prefix of the work is balanced."""
+def interleave_classes(keys: list[str], class_of=None) -> list[str]:
+    """Order keys class by class in turn (a, b, c, a, b, c, ...), so any prefix of the work is balanced; a key's
+    class is ``class_of(key)`` (default: its first folder)."""
     by_class: dict[str, list[str]] = {}
     for key in sorted(keys):
-        by_class.setdefault(key.split("/")[0], []).append(key)
+        by_class.setdefault(class_of(key) if class_of else key.split("/")[0], []).append(key)
     queues = list(by_class.values())
     return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
@@ -107,12 +108,15 @@ class LabelStore:
 
     # ------------------------------------------------------------------ session
 
+    def _class_of(self, rel: str) -> str:
+        return self.items[rel].cls
+
     def _open_session(self, count: int | None, seed: int) -> Session:
         path = self.labels_dir / SESSION_FILE
         keys = list(self.items)
         if not path.exists():
             wanted = len(keys) if count is None else count
-            session = Session(count=wanted, seed=seed, images=interleave_classes(select_stratified(keys, wanted, seed)))
+            session = Session(count=wanted, seed=seed, images=interleave_classes(select_stratified(keys, wanted, seed, self._class_of), self._class_of))
             self._write_session(session)
             return session
         try:
@@ -125,7 +129,7 @@ class LabelStore:
             self.notes.append(f"resuming the saved selection (seed {session.seed}); --seed {seed} is not used")
         if wanted > session.count:
             taken = set(session.images)
-            added = interleave_classes([k for k in select_stratified(keys, wanted, session.seed) if k not in taken][: wanted - session.count])
+            added = interleave_classes([k for k in select_stratified(keys, wanted, session.seed, self._class_of) if k not in taken][: wanted - session.count], self._class_of)
             session.images += added
             session.count = wanted
             self.notes.append(f"--count {wanted}: {len(added)} image(s) added to the saved selection")
