@@ -9,6 +9,12 @@ under benchmarks/out/ and kept: 1M empty files, a few hundred MB of inodes).
   fresh output folder; then a resume into a folder where every other item is finished (segment: 1M items;
   compose: 100k, its plan draws 3 backgrounds per item). Each in a fresh process on ONE core (``taskset``), so
   the peak RSS is the process's own. Target (issue 12): < 60 s and < 1.5 GB.
+* **a 1M-row metadata table** (issue 19): the segment plan from the list again, each item's class and group from a
+  ``--metadata`` CSV of 1M rows (path, y, place, split); what the table adds to the plan. Target: < 10 s.
+* **compose resume, 1M items half done** (issue 19): a folder where every other item's composites exist and the
+  compose journal lists them (as a killed run leaves it); the plan reads the journal instead of replanning each
+  item. Target: < 60 s on one core. The manifest rows of the finished half, taken from the journal when the run
+  ends, are timed beside it (``finish s``).
 * **compose end to end, 10k images**: the real command on generated 64 px images with their true masks and
   backgrounds, 3 composites each, default workers: images/s and the peak RSS of the largest process.
 """
@@ -57,20 +63,40 @@ def _step(name: str, data: Path, out: Path):
 
 
 def child(mode: str, data: Path, listing: Path, out: Path) -> None:
-    """One measurement in this (fresh) process; prints a JSON line."""
-    from autobackswap_cli.engine import RunOptions, prepare_items
+    """One measurement in this (fresh) process; prints a JSON line. A mode ending in ``:metadata`` reads each
+    item's class from the 1M-row table beside the list; compose's half-done mode also times the manifest rows of
+    the finished half (from the journal)."""
+    from autobackswap_cli.engine import DatasetLayout, RunOptions, prepare_items
     from autobackswap_cli.engine.loop import RunReport, _plan
 
     step_name, source = mode.split(":")[:2]
+    layout = DatasetLayout(metadata=str(metadata_table_for(listing))) if mode.endswith(":metadata") else None
     t0 = time.perf_counter()
-    items, _ = prepare_items(data, out, files_from=listing if source == "list" else None)
+    items, _ = prepare_items(data, out, files_from=listing if source == "list" else None, layout=layout)
     t_scan = time.perf_counter() - t0
     t1 = time.perf_counter()
     step = _step(step_name, data, out)  # compose: scanning BACKGROUNDS (1M images) for its pool counts too
     mine, todo = _plan(step, items, RunOptions(workers=0, progress=False), RunReport(step=step_name, out_dir=str(out)))
     t_plan = time.perf_counter() - t1
+    t_finish = None
+    if step_name == "compose" and "half-done" in mode:
+        t2 = time.perf_counter()
+        step._earlier_rows_from_journal(mine)
+        step.spool.discard()
+        t_finish = time.perf_counter() - t2
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"mode": mode, "items": len(items), "todo": len(todo), "scan_s": t_scan, "plan_s": t_plan, "rss_mb": rss_mb}))
+    print(json.dumps({"mode": mode, "items": len(items), "todo": len(todo), "scan_s": t_scan, "plan_s": t_plan, "finish_s": t_finish, "rss_mb": rss_mb}))
+
+
+def metadata_table_for(listing: Path) -> Path:
+    """A Waterbirds-style table (img_id, img_filename, y, split, place) with a row per listed image (built once)."""
+    table = listing.with_suffix(".metadata.csv")
+    if not table.exists():
+        with open(listing) as names, open(table, "w") as out:
+            out.write("img_id,img_filename,y,split,place,place_filename\n")
+            for i, name in enumerate(names):
+                out.write(f"{i},{name.strip()},{i % 2},{i % 3},{(i // 2) % 2},/p/{i}.jpg\n")
+    return table
 
 
 def measure(mode: str, data: Path, listing: Path, out: Path) -> dict:
@@ -88,12 +114,20 @@ def half_finished(out: Path, data: Path, listing: Path, step_name: str) -> Path:
         return out
     from autobackswap_cli.engine import prepare_items
 
+    from autobackswap_cli.engine import Shard
+
     items, _ = prepare_items(data, files_from=listing)
     step = _step(step_name, data, out)
+    if step_name == "compose":
+        step.plan_items(items, items, Shard())  # opens the journal a killed run would have left
     for item in items[::2]:
         for path in step.outputs(item):
             path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        if step_name == "compose":
+            step.journal.add(item.key, [step._row(item, plan) for plan in step.plan(item)], step.spool.fields)
+    if step_name == "compose":
+        step.journal.close()
     done.write_text("")
     return out
 
@@ -133,6 +167,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--compose-images", type=int, default=10_000)
     parser.add_argument("--formats", default="imagefolder,webdataset")
+    parser.add_argument("--only", help="comma-separated plan modes to run (e.g. segment:list:fresh:metadata,compose:list:half-done)")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "DATA", "LIST", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -150,17 +185,26 @@ def main() -> None:
     tenth = OUT / f"scale_{args.items // 10}.txt"
     if not tenth.exists():
         tenth.write_text("".join(listing.read_text().splitlines(keepends=True)[: args.items // 10]))
-    runs = [("segment:scan:fresh", listing, OUT / "scale_out_missing"), ("segment:list:fresh", listing, OUT / "scale_out_missing"),
-            ("compose:list:fresh", listing, OUT / "scale_out_missing"),
-            ("segment:list:half-done", listing, half_finished(OUT / f"scale_seg_half_{args.items}", data, listing, "segment")),
-            ("compose:list:half-done", tenth, half_finished(OUT / f"scale_compose_half_{args.items // 10}", data, tenth, "compose"))]
+    runs = [("segment:scan:fresh", listing, lambda: OUT / "scale_out_missing"), ("segment:list:fresh", listing, lambda: OUT / "scale_out_missing"),
+            ("segment:list:fresh:metadata", listing, lambda: OUT / "scale_out_missing"),
+            ("compose:list:fresh", listing, lambda: OUT / "scale_out_missing"),
+            ("segment:list:half-done", listing, lambda: half_finished(OUT / f"scale_seg_half_{args.items}", data, listing, "segment")),
+            ("compose:list:half-done", listing, lambda: half_finished(OUT / f"scale_compose_half_{args.items}", data, listing, "compose"))]
+    wanted = set(args.only.split(",")) if args.only else None
+    results = {}
     for mode, items_list, out in runs:
-        r = measure(mode, data, items_list, out)
+        if wanted is not None and mode not in wanted and not (mode == "segment:list:fresh" and "segment:list:fresh:metadata" in wanted):
+            continue
+        r = results[mode] = measure(mode, data, items_list, out())
         total = r["scan_s"] + r["plan_s"]
         ok = "ok" if total < 60 and r["rss_mb"] < 1536 else "MISSED"
+        finish = f"; finish (manifest rows of the done half, from the journal) {r['finish_s']:.1f} s" if r.get("finish_s") is not None else ""
         print(f"{mode:30} {r['items']:>10,} {r['todo']:>10,} {r['scan_s']:7.1f} {r['plan_s']:7.1f} {total:8.1f} {r['rss_mb']:12.0f}  "
-              f"{ok} ({total / 60:.2f} x time, {r['rss_mb'] / 1536:.2f} x memory)")
-    if args.compose_images:
+              f"{ok} ({total / 60:.2f} x time, {r['rss_mb'] / 1536:.2f} x memory){finish}")
+    if "segment:list:fresh:metadata" in results:
+        added = results["segment:list:fresh:metadata"]["scan_s"] - results["segment:list:fresh"]["scan_s"]
+        print(f"\nthe 1M-row metadata table adds {added:.1f} s to the plan: {'ok' if added < 10 else 'MISSED'} ({added / 10:.2f} x the 10 s target)")
+    if args.compose_images and not args.only:
         print(f"\ncompose end to end: {args.compose_images:,} images x 3 composites, 64 px, default workers")
         for r in compose_end_to_end(args.compose_images, args.formats.split(",")):
             if "error" in r:
