@@ -56,17 +56,18 @@ class TrainResult:
     thresholds: dict  # --refine method -> {"loose": ..., "tight": ...}
 
 
-def _split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Stratified by class: about ``val_fraction`` of each class goes to validation."""
+def _split(classes: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified by class (each image's, by the dataset's class rule): about ``val_fraction`` of each class goes
+    to validation."""
     rng = random.Random(seed)
     by_class: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        by_class.setdefault(k.split("/")[0], []).append(i)
+    for i, cls in enumerate(classes):
+        by_class.setdefault(cls, []).append(i)
     train, val = [], []
     for cls in sorted(by_class):
         idx = by_class[cls][:]
         rng.shuffle(idx)
-        n_val = int(round(len(idx) * val_fraction)) if len(keys) >= 8 else 0
+        n_val = int(round(len(idx) * val_fraction)) if len(classes) >= 8 else 0
         val += idx[:n_val]
         train += idx[n_val:]
     return sorted(train), sorted(val)
@@ -189,12 +190,13 @@ def _read_labelled(labelled, labels_dir: Path, size: int, grid: int, opts: Train
         image = cv2.resize(read_image(item.path), (size, size), interpolation=cv2.INTER_AREA)
         return image, read_grid(label_path(labels_dir, item), grid)
 
-    images, grids, keys = [], [], []
+    images, grids, keys, classes = [], [], [], []
     for item, (image, labels) in read_items(labelled, read, failures, description="reading labelled images", progress=progress):
         images.append(image)
         grids.append(labels)
         keys.append(item.key)
-    train_idx, val_idx = _split(keys, opts.val_fraction, opts.seed)
+        classes.append(item.cls)
+    train_idx, val_idx = _split(classes, opts.val_fraction, opts.seed)
     if not val_idx:
         console.print("[yellow]warning:[/] too few labelled images for a validation split; early stopping uses the training loss")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
