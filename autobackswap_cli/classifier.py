@@ -27,7 +27,9 @@ from torch import nn
 
 from .engine import StepError, build_record, console, make_progress, model_record_path, record_interrupted_training, read_items, resolve_device, scan_dataset, status_of, write_run_record
 from .images import read_image
-from .model_files import SAFETENSORS, TORCH_ZIP, deprecated, file_kind, is_torchscript, read_model, read_state_dict, save_model
+from .descriptions import check_classifier
+from .model_files import (SAFETENSORS, TORCH_ZIP, check_shapes, deprecated, file_kind, is_torchscript, read_header, read_state_dict,
+                          read_tensors, save_model)
 from .nets import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalise
 
 META_FILE = "autobackswap.json"
@@ -150,13 +152,15 @@ def _read_model_file(path: Path, device: torch.device, torchscript: bool) -> tup
     deprecation note), or a foreign TorchScript file when the user opted in."""
     kind = file_kind(path)
     if kind == SAFETENSORS:
-        tensors, meta = read_model(path, "model")
+        header, meta = read_header(path, "model")
         if meta.get("format") != MODEL_FORMAT or meta.get("arch") != "small-cnn":
             raise StepError(f"{path} is not a classifier made by `autobackswap train-classifier` "
                             f"(its description says {meta.get('format')!r}); for other weights use --arch NAME --weights FILE")
+        check_classifier(meta, path)
         module = build_small_cnn(len(meta["classes"]), int(meta["width"]))
+        check_shapes(header, module.state_dict(), "model", path)
         try:
-            module.load_state_dict(tensors)
+            module.load_state_dict(read_tensors(path, "model"))
         except RuntimeError as exc:
             raise StepError(f"{path}: its weights do not fit its description: {str(exc).strip().splitlines()[0]}") from None
         return module, meta

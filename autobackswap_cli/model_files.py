@@ -47,22 +47,72 @@ def file_kind(path: Path) -> str:
     return UNKNOWN
 
 
-def read_model(path: Path, what: str) -> tuple[dict, dict]:
-    """The tensors (on the CPU) and the description of a safetensors model file; ``what`` names the model in
-    errors. Every problem is a ``StepError`` naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
+def read_header(path: Path, what: str) -> tuple[dict, dict]:
+    """The tensor entries (name -> dtype, shape, data_offsets) and the description of a safetensors model file,
+    from its header alone: the body is not read, so a damaged or hostile file costs at most the header's 100 MB.
+    Every problem is a ``StepError`` naming the file."""
     path = _existing(path, what)
     try:
-        data = path.read_bytes()
-        tensors = load(data)
-        header_len = struct.unpack("<Q", data[:8])[0]
-        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-        description = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
-    except (SafetensorError, ValueError, KeyError, struct.error, OSError) as exc:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            if not 0 < length <= _MAX_HEADER:
+                raise ValueError("no safetensors header")
+            header = _json(f.read(length))
+        body = path.stat().st_size - 8 - length
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        for name, entry in header.items():
+            start, end = entry["data_offsets"]
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= body):
+                raise ValueError(f"tensor {name} lies outside the file")
+        description = _json(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error, OSError) as exc:
         raise StepError(f"{what} {path} is damaged or not a safetensors file: {_first_line(exc)}") from None
-    return tensors, description
+    if not isinstance(description, dict):
+        raise StepError(f"{what} {path}: its description must be a JSON object; got {type(description).__name__}")
+    return header, description
+
+
+def _json(text: bytes | str):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def check_shapes(header: dict, expected: dict, what: str, path: Path) -> None:
+    """The file's tensors (from ``read_header``) have exactly the names and shapes of ``expected`` (a model's
+    state dict), checked before the body is read."""
+    found = {name: tuple(entry.get("shape") or ()) for name, entry in header.items()}
+    wanted = {name: tuple(t.shape) for name, t in expected.items()}
+    if found == wanted:
+        return
+    missing, unexpected = sorted(set(wanted) - set(found)), sorted(set(found) - set(wanted))
+    wrong = sorted(n for n in set(found) & set(wanted) if found[n] != wanted[n])
+    detail = (f"{len(missing)} missing (e.g. {', '.join(missing[:2])})" if missing else
+              f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})" if unexpected else
+              f"{wrong[0]} is {list(found[wrong[0]])}, expected {list(wanted[wrong[0]])}")
+    raise StepError(f"{what} {path}: its weights do not fit its description: {detail}")
+
+
+def read_tensors(path: Path, what: str) -> dict:
+    """The tensors of a safetensors file, on the CPU (memory-mapped while read: no second copy of the file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise StepError(f"{what} {path} is damaged or not a safetensors file: {_first_line(exc)}") from None
+
+
+def read_model(path: Path, what: str) -> tuple[dict, dict]:
+    """The tensors (on the CPU) and the description of a safetensors model file; ``what`` names the model in
+    errors. The header is checked before the body is read."""
+    _, description = read_header(path, what)
+    return read_tensors(Path(path), what), description
 
 
 def read_state_dict(path: Path, what: str = "--weights") -> dict:

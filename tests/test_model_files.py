@@ -129,3 +129,69 @@ def test_weights_files_for_torchvision_models_load_from_safetensors_or_torch_sav
     x = torch.rand(1, 3, 64, 64)
     outputs = [load_classifier(arch="resnet18", weights=tmp_path / f, num_classes=3, device="cpu").module(x) for f in ("w.safetensors", "w.pth")]
     assert torch.equal(outputs[0], outputs[1])
+
+
+def _with_description(source, target, change):
+    """A copy of model file ``source`` whose description is ``change(description)`` (a JSON-able value) or, when
+    ``change`` returns a string, that raw text; the tensors are kept."""
+    from safetensors.torch import load_file, save
+
+    with safe_open(source, "pt") as f:
+        description = json.loads(f.metadata()["autobackswap"])
+    changed = change(description)
+    text = changed if isinstance(changed, str) else json.dumps(changed)
+    target.write_bytes(save(load_file(str(source)), metadata={"autobackswap": text}))
+    return target
+
+
+HOSTILE_SEGMENTER_DESCRIPTIONS = {
+    "a list": (lambda d: [d], "description must be a JSON object"),
+    "nested 200,000 deep": (lambda d: "[" * 200_000 + "]" * 200_000, "nested too deeply"),
+    "grid text": (lambda d: {**d, "grid": "x"}, "'grid' must be an integer"),
+    "grid 100000": (lambda d: {**d, "grid": 100_000}, "'grid' must be from 1 to 256"),
+    "image_size 200000": (lambda d: {**d, "image_size": 200_000}, "'image_size' must be from 8 to 4096"),
+    "mean of one": (lambda d: {**d, "mean": [1]}, "'mean' must be a list of 3 numbers"),
+    "std zero": (lambda d: {**d, "std": [0, 1, 1]}, "'std' must be a list of 3 positive numbers"),
+    "thresholds text": (lambda d: {**d, "thresholds": "nope"}, "'thresholds' must be an object"),
+    "thresholds out of range": (lambda d: {**d, "thresholds": {"none": {"loose": -3, "tight": 7}}}, "'thresholds.none.loose' must be a number in (0, 1]"),
+    "loose above tight": (lambda d: {**d, "thresholds": {"none": {"loose": 0.9, "tight": 0.2}}}, "loose (0.9) must not exceed tight (0.2)"),
+    "unknown backbone": (lambda d: {**d, "backbone": "vit-huge"}, "'backbone' names no backbone"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_SEGMENTER_DESCRIPTIONS))
+def test_a_segmenter_description_is_checked_field_by_field_before_any_image(case, tiny_checkpoint, small_sample, tmp_path):
+    change, message = HOSTILE_SEGMENTER_DESCRIPTIONS[case]
+    bad = _with_description(tiny_checkpoint, tmp_path / "bad.safetensors", change)
+    result = cli("segment", small_sample / "test", "-m", bad, "-o", tmp_path / "m", "--no-progress", expect=2)
+    output = " ".join(result.output.split())
+    assert message in output and str(bad) in output and "Traceback" not in output, output
+    assert not list((tmp_path / "m").rglob("*.png")) if (tmp_path / "m").exists() else True
+
+
+def test_weights_that_do_not_fit_the_description_are_refused_before_the_body_is_read(tiny_checkpoint, tmp_path, monkeypatch):
+    import autobackswap_cli.model_files as model_files
+
+    bad = _with_description(tiny_checkpoint, tmp_path / "bad.safetensors", lambda d: {**d, "backbone": "resnet18"})
+    monkeypatch.setattr(model_files, "read_tensors", lambda *a: pytest.fail("the body was read"))
+    with pytest.raises(StepError, match="its weights do not fit its description"):
+        load_segmenter(bad)
+
+
+HOSTILE_CLASSIFIER_DESCRIPTIONS = {
+    "width text": (lambda d: {**d, "width": "abc"}, "'width' must be an integer"),
+    "no classes": (lambda d: {k: v for k, v in d.items() if k != "classes"}, "'classes' must be a list of class names"),
+    "image_size negative": (lambda d: {**d, "image_size": -3}, "'image_size' must be from 8 to 4096"),
+    "a class twice": (lambda d: {**d, "classes": ["a"] * len(d["classes"])}, "names a class twice"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CLASSIFIER_DESCRIPTIONS))
+def test_a_classifier_description_is_checked_field_by_field(case, small_sample, tmp_path):
+    good = tmp_path / "c.safetensors"
+    cli("train-classifier", small_sample / "train", "-o", good, "--epochs", 1, "--no-progress")
+    change, message = HOSTILE_CLASSIFIER_DESCRIPTIONS[case]
+    bad = _with_description(good, tmp_path / "bad.safetensors", change)
+    with pytest.raises(StepError) as error:
+        load_classifier(bad, device="cpu")
+    assert message in str(error.value) and str(bad) in str(error.value), error.value

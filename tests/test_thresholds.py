@@ -118,3 +118,18 @@ def test_one_options_object_serves_masks_with_different_thresholds(small_sample,
     first = BackSwapDataset(small_sample / "train", masks_a, small_sample / "backgrounds/train", options)
     second = BackSwapDataset(small_sample / "train", masks_b, small_sample / "backgrounds/train", options)
     assert (first.core.tight, second.core.tight, options.tight) == (0.3, 0.8, None)
+
+
+@pytest.mark.parametrize("thresholds, message", [({"loose": -3, "tight": 7}, "'options.thresholds.loose' must be a number in (0, 1]"),
+                                                 ({"loose": 0.8, "tight": 0.3}, "loose (0.8) must not exceed tight (0.3)"),
+                                                 ("nope", "'options.thresholds' must be an object")])
+def test_thresholds_recorded_in_masks_are_checked_before_any_image(thresholds, message, small_sample, tmp_path):
+    masks = tmp_path / "masks"
+    shutil.copytree(small_sample / "masks/train", masks)
+    (masks / "autobackswap.json").write_text(json.dumps({"step": "segment", "options": {"thresholds": thresholds}}))
+    for step in (["inpaint", small_sample / "train", masks, "-o", tmp_path / "bg", "--method", "pyramid"],
+                 ["compose", small_sample / "train", masks, small_sample / "backgrounds/train", "-o", tmp_path / "out"]):
+        output = " ".join(cli(*step, "--no-progress", expect=2).output.split())
+        assert message in output and str(masks / "autobackswap.json") in output and "Traceback" not in output, output
+    assert not (tmp_path / "bg").exists() or not list((tmp_path / "bg").rglob("*.png"))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))

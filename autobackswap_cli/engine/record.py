@@ -79,12 +79,17 @@ PAPER_THRESHOLDS = {"loose": 0.1, "tight": 0.5}  # the paper's loose and tight m
 def _recorded_thresholds(masks_dir: Path) -> dict:
     """The loose/tight thresholds that ``segment`` recorded in a MASKS folder ({} when it holds none):
     the values its segmenter chose on its validation labels."""
+    from ..descriptions import check_thresholds  # (descriptions imports the engine's errors)
+
+    path = Path(masks_dir) / RUN_RECORD
     try:
-        record = json.loads((Path(masks_dir) / RUN_RECORD).read_text())
-        thresholds = record["options"].get("thresholds") or {}
-        return {k: float(thresholds[k]) for k in PAPER_THRESHOLDS if k in thresholds}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        thresholds = json.loads(path.read_text())["options"].get("thresholds")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return {}
+    if thresholds is None:
+        return {}
+    check_thresholds(thresholds, path, "options.thresholds")
+    return {k: float(thresholds[k]) for k in PAPER_THRESHOLDS if thresholds.get(k) is not None}
 
 
 def mask_threshold(masks_dir: Path, name: str, given: float | None = None) -> tuple[float, str]:

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import StepError
-from ..model_files import SAFETENSORS, TORCH_ZIP, file_kind, is_torchscript, read_legacy_checkpoint, read_model, read_state_dict, save_model
+from ..descriptions import check_segmenter
+from ..model_files import (SAFETENSORS, TORCH_ZIP, check_shapes, file_kind, is_torchscript, read_header, read_legacy_checkpoint,
+                           read_state_dict, read_tensors, save_model)
 from ..nets import IMAGENET_MEAN, IMAGENET_STD
 
 CHECKPOINT_FORMAT = "autobackswap-segmenter"
@@ -270,35 +272,44 @@ def save_checkpoint(path: Path, model: PatchSegmenter, image_size: int, options:
     save_model(path, model.state_dict(), description)
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A segmenter file's description plus its weights under ``state_dict`` (on the CPU). Old ``torch.save``
-    checkpoints still load (weights only, with a deprecation note)."""
+def read_checkpoint(path: Path, weights: bool = True) -> dict:
+    """A segmenter file's description, checked field by field (``descriptions.check_segmenter``), plus its weights
+    under ``state_dict`` (on the CPU) unless ``weights`` is False (then only the header is read). Old
+    ``torch.save`` checkpoints still load (weights only, with a deprecation note)."""
     path = Path(path)
     if not path.is_file():
         raise StepError(f"segmenter not found: {path}")
     kind = file_kind(path)
     if kind == SAFETENSORS:
-        tensors, ckpt = read_model(path, "segmenter")
-        ckpt["state_dict"] = tensors
+        _, ckpt = read_header(path, "segmenter")
     elif kind == TORCH_ZIP and not is_torchscript(path):
         ckpt = read_legacy_checkpoint(path, "segmenter")
     else:
         ckpt = None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise StepError(f"{path} is not an autobackswap segmenter (made by `autobackswap train-segmenter`)")
-    if ckpt.get("backbone") not in BACKBONES:
-        raise StepError(f"{path} uses backbone {ckpt.get('backbone')!r}, unknown to this version")
+    check_segmenter(ckpt, path, BACKBONES)
+    if kind == SAFETENSORS and weights:
+        ckpt["state_dict"] = read_tensors(path, "segmenter")
+    elif not weights:
+        ckpt.pop("state_dict", None)
     return ckpt
 
 
 def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
-    """(model in eval mode on the CPU, checkpoint metadata without the weights)."""
-    ckpt = read_checkpoint(path)
+    """(model in eval mode on the CPU, checkpoint metadata without the weights). The weights' names and shapes
+    are checked against the model the description builds before they are read."""
+    ckpt = read_checkpoint(path, weights=False)
     spec = BACKBONES[ckpt["backbone"]]
     grid = int(ckpt["grid"])
     model = spec.segmenter(grid, False) if spec.segmenter is not None else PatchSegmenter(ckpt["backbone"], grid)
+    if file_kind(path) == SAFETENSORS:
+        check_shapes(read_header(path, "segmenter")[0], model.state_dict(), "segmenter", path)
+        state = read_tensors(path, "segmenter")
+    else:
+        state = read_checkpoint(path)["state_dict"]
     try:
-        model.load_state_dict(ckpt.pop("state_dict"))
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise StepError(f"{path}: its weights do not fit a {ckpt['backbone']} segmenter with a {ckpt['grid']}x{ckpt['grid']} "
                         f"grid: {str(exc).strip().splitlines()[0]}") from None

@@ -114,9 +114,9 @@ class PatchPredictor:
         from .model import read_checkpoint
 
         self.checkpoint = Path(checkpoint)
-        self.meta = read_checkpoint(self.checkpoint)  # fail early, before workers start
-        # The weights stay behind: the step is pickled to every worker, and torch sends each tensor as a file descriptor.
-        self.meta.pop("state_dict", None)
+        # The description only, checked now (before workers start); the weights load in setup: the step is pickled
+        # to every worker, and torch would send each tensor as a file descriptor.
+        self.meta = read_checkpoint(self.checkpoint, weights=False)
         self.image_size = int(self.meta["image_size"])
         self.grid = int(self.meta["grid"])
         self.backbone = self.meta["backbone"]
