@@ -1,5 +1,6 @@
 """Validators for what the tool reads back from its own files: a model file's JSON description (segmenter,
-classifier) and the loose/tight thresholds a MASKS folder records. ONE place per file kind: a bad file is one
+classifier), the loose/tight thresholds a MASKS folder records, and the option sections of a run record
+(``run --config``). ONE place per file kind: a bad file is one
 ``StepError`` naming the file and the field (exit 2), never a traceback, and never a size that would have every
 image allocate terabytes.
 
@@ -9,6 +10,9 @@ Each check returns the description unchanged, so a caller can write ``meta = che
 from __future__ import annotations
 
 import math
+import types
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 from .engine.errors import StepError
@@ -109,3 +113,60 @@ def _require_object(description: object, where: Path | str) -> None:
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_options(values: object, options_class: type, where: Path | str, section: str, choices: dict | None = None,
+                  ranges: dict | None = None) -> dict:
+    """One options section of a run record: an object whose keys are fields of the dataclass ``options_class``,
+    each of its declared type, one of ``choices[key]`` and within ``ranges[key]`` ((low, high); None: open) where
+    given. Errors name the key as ``section.key``."""
+    if not isinstance(values, dict):
+        raise _fail(where, section, f"must be an object; got {_short(values)}")
+    hints = typing.get_type_hints(options_class)
+    known = {f.name for f in fields(options_class)}
+    for key, value in values.items():
+        name = f"{section}.{key}"
+        if key not in known:
+            raise StepError(f"{where}: unknown option {name!r} (known: {', '.join(sorted(known))})")
+        if not _has_type(value, hints[key]):
+            raise _fail(where, name, f"must be {_type_name(hints[key])}; got {_short(value)}")
+        if value is None:
+            continue
+        allowed = (choices or {}).get(key)
+        if allowed is not None and value not in allowed:
+            raise _fail(where, name, f"must be one of {', '.join(map(str, allowed))}; got {_short(value)}")
+        low, high = (ranges or {}).get(key, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise _fail(where, name, f"must be from {low if low is not None else '-inf'} to {high if high is not None else 'inf'}; got {value}")
+    return values
+
+
+def _has_type(value: object, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint in (str, Path):
+        return isinstance(value, str)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True  # a type the record does not hold as JSON: its constructor checks it
+
+
+def _type_name(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        return f"a list of {len(args)} " + {int: "integers", float: "numbers"}.get(args[0], "values")
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text", Path: "a path", type(None): "null",
+            dict: "an object"}.get(hint, getattr(hint, "__name__", str(hint)))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .compose import ComposeOptions, compose_step
+from .descriptions import check_options
 from .engine import (DatasetLayout, RunOptions, RunReport, StepError, build_record, console, prepare_items, print_summary, record_path,
                      run_step, status_of, using_layout, write_run_record)
 from .inpaint import InpaintOptions
@@ -76,25 +77,55 @@ class PipelineOptions:
 
     @classmethod
     def from_record(cls, path: Path) -> "PipelineOptions":
-        """The options a `run` record (WORK/autobackswap.json) holds; unknown names are an error, missing ones keep
-        their defaults."""
+        """The options a `run` record (WORK/autobackswap.json) holds, every section checked before any step starts
+        (types, choices, ranges: ``CONFIG_CHOICES``, ``CONFIG_RANGES``); a bad value is one error naming the key in
+        the file. Unknown names are an error, missing ones keep their defaults."""
         try:
-            recorded = json.loads(Path(path).read_text())["options"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            record = json.loads(Path(path).read_text())
+        except (OSError, ValueError, RecursionError) as exc:
             raise StepError(f"--config {path}: not a run record of `autobackswap run` ({type(exc).__name__}: {exc})") from None
+        if not isinstance(record, dict) or record.get("step") != "run":
+            step = record.get("step") if isinstance(record, dict) else None
+            raise StepError(f"--config {path}: not a run record of `autobackswap run`" + (f" (it is {step!r}'s record)" if step else ""))
+        recorded = record.get("options")
+        if not isinstance(recorded, dict):
+            raise StepError(f"--config {path}: field 'options' must be an object; got {type(recorded).__name__}")
         sections = {}
         for name in SECTIONS:
             cls_ = type(getattr(cls(), name))
-            values = dict(recorded.get(name) or {})
-            unknown = set(values) - {f.name for f in fields(cls_)}
-            if unknown:
-                raise StepError(f"--config {path}: unknown {name} option(s): {', '.join(sorted(unknown))}")
-            if "scale" in values:
-                values["scale"] = tuple(values["scale"])
-            if "fill" in values:
-                values["fill"] = tuple(values["fill"])
+            values = dict(check_options(recorded.get(name) or {}, cls_, f"--config {path}", name,
+                                        CONFIG_CHOICES.get(name), CONFIG_RANGES.get(name)))
+            for pair in ("scale", "fill"):
+                if pair in values:
+                    values[pair] = tuple(values[pair])
             sections[name] = cls_(**values)
+        sections["compose"].check()
         return cls(**sections)
+
+
+def _choices() -> dict[str, dict[str, tuple]]:
+    from .choices import BackgroundsFrom, InpaintMethod, OutputFormat, OutputLayout, Precision, Refine
+    from .compose import VARIANTS
+    from .segmenter.model import BACKBONES
+
+    return {"train": {"backbone": tuple(BACKBONES)},
+            "segment": {"refine": Refine.values(), "precision": Precision.values()},
+            "inpaint": {"method": InpaintMethod.values(), "precision": Precision.values()},
+            "compose": {"bg_from": BackgroundsFrom.values(), "out_format": OutputFormat.values(), "layout": OutputLayout.values(),
+                        "variant": tuple(VARIANTS)}}
+
+
+CONFIG_CHOICES = _choices()
+# the ranges the command line's options declare, for the values a --config file gives
+CONFIG_RANGES: dict[str, dict[str, tuple]] = {
+    "train": {"epochs": (1, None), "batch_size": (1, None), "patience": (1, None), "image_size": (8, 4096), "val_fraction": (0.0, 0.9),
+              "lr": (0.0, None), "max_shift": (0, None)},
+    "inpaint": {"steps": (1, None), "resolution": (8, 4096), "margin": (0.0, None), "radius": (1, None)},
+    "region": {"loose": (0.0, 1.0), "dilate": (0, None)},
+    "compose": {"tight": (0.0, 1.0), "feather": (0.0, None), "per_image": (1, None), "quality": (1, 100), "shard_size": (1, None),
+                "rotate": (0.0, None), "translate": (0, None)},
+    "layout": {"class_level": (1, None)},
+}
 
 
 def work_paths(work: Path) -> dict[str, Path]:

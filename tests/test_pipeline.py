@@ -74,6 +74,30 @@ def test_config_replays_a_runs_options_and_the_command_line_overrides_them(small
     cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", third, "--config", first / "autobackswap.json",
         "--no-progress", "--workers", "0", "--output-format", "webdataset", "--shard-size", "10")
     assert json.loads((third / "composites" / "index.json").read_text())["nsamples"] == 48 and not list((third / "composites").rglob("*.jpg"))
-    (tmp_path / "bad.json").write_text('{"options": {"inpaint": {"colour": 1}}}')
+    (tmp_path / "bad.json").write_text('{"step": "run", "options": {"inpaint": {"colour": 1}}}')
     result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", tmp_path / "x", "--config", tmp_path / "bad.json", expect=2)
-    assert "unknown inpaint option(s): colour" in " ".join(result.output.split())
+    assert "unknown option 'inpaint.colour'" in " ".join(result.output.split())
+
+
+BAD_CONFIGS = {
+    "options a list": ({"step": "run", "options": [1]}, "field 'options' must be an object"),
+    "scale text": ({"step": "run", "options": {"compose": {"scale": "big"}}}, "field 'compose.scale' must be a list of 2 numbers"),
+    "per_image text": ({"step": "run", "options": {"compose": {"per_image": "three"}}}, "field 'compose.per_image' must be an integer"),
+    "tight 5": ({"step": "run", "options": {"compose": {"tight": 5}}}, "field 'compose.tight' must be from 0.0 to 1.0"),
+    "out_format gif": ({"step": "run", "options": {"compose": {"out_format": "gif"}}}, "field 'compose.out_format' must be one of same, png"),
+    "refine unknown": ({"step": "run", "options": {"segment": {"refine": "magic"}}}, "field 'segment.refine' must be one of none"),
+    "epochs 0": ({"step": "run", "options": {"train": {"epochs": 0}}}, "field 'train.epochs' must be from 1"),
+    "a segment record": ({"step": "segment", "options": {"refine": "none"}}, "not a run record of `autobackswap run` (it is 'segment''s record)"),
+    "nested deep": ("[" * 100_000 + "]" * 100_000, "not a run record"),
+}
+
+
+def test_a_bad_config_is_one_error_naming_the_key_before_any_step_starts(small_sample, tmp_path):
+    for case, (config, message) in BAD_CONFIGS.items():
+        path = tmp_path / f"{case}.json"
+        path.write_text(config if isinstance(config, str) else json.dumps(config))
+        work = tmp_path / "work"
+        result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", work, "--config", path, "--no-progress", expect=2)
+        output = " ".join(result.output.split())
+        assert message in output and str(path) in output and "Traceback" not in output, (case, output)
+        assert not work.exists() or not any(work.iterdir()), case  # no step started
