@@ -248,7 +248,7 @@ def test_rows_without_files_files_without_rows_and_unknown_ids_are_warnings_nami
 
 def test_a_runs_layout_is_recorded_and_replayed_by_config(tmp_path):
     layout = DatasetLayout(metadata="meta.csv", split="train", class_names="landbird,waterbird")
-    record = {"options": {**PipelineOptions(layout=layout).recorded()}}
+    record = {"step": "run", "options": {**PipelineOptions(layout=layout).recorded()}}
     (tmp_path / "autobackswap.json").write_text(json.dumps(record))
     replayed = PipelineOptions.from_record(tmp_path / "autobackswap.json")
     assert replayed.layout == layout
