@@ -28,7 +28,7 @@ import numpy as np
 from .choices import BackgroundsFrom
 from .engine import DatasetLayout, NoForeground, RunReport, Step, StepError, active_layout, console, mask_threshold, scan_dataset
 from .manifest import Journal, ManifestSpool
-from .tarshards import Sample, describe_tar, read_index, sample_key, write_index, write_tar
+from .tarshards import Sample, TarSpool, describe_tar, read_index, sample_key, write_index
 from .images import FolderListing, ImageError, ImageItem, bounding_box, encode_image, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
 
 BG_MODES = BackgroundsFrom.values()
@@ -536,7 +536,7 @@ class TarComposeStep(ComposeStep):
         self.tar_images: dict[int, int] = {}  # tar number -> images in it
         self.class_index: dict[str, int] = {}
         self.prefix = "shard-"
-        self.pending: dict[int, list] = {}  # tar number -> samples composed so far
+        self.pending: dict[int, TarSpool] = {}  # tar number -> its samples composed so far, spooled to disk
         self.arrived: dict[int, int] = {}
         self.written: dict[str, dict] = {}  # index entries of this run's tars
         self.samples = 0
@@ -566,19 +566,23 @@ class TarComposeStep(ComposeStep):
 
     def collect(self, item: ImageItem, samples: list[Sample]) -> None:
         number = self.tar_of[item.key]
-        self.pending.setdefault(number, []).extend(samples)
+        spool = self.pending.get(number)
+        if spool is None:
+            spool = self.pending[number] = TarSpool(self.out_dir)
+        for sample in samples:
+            spool.add(sample)
+        if self.preview and len(self.preview_tiles) < self.preview_count:
+            for sample in samples[: self.preview_count - len(self.preview_tiles)]:
+                bgr = cv2.imdecode(np.frombuffer(sample.image, np.uint8), cv2.IMREAD_COLOR)
+                self.preview_tiles.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         self.arrived[number] = self.arrived.get(number, 0) + 1
         if self.arrived[number] == self.tar_images[number]:
             self._write(number)
 
     def _write(self, number: int) -> None:
-        samples = self.pending.pop(number)
-        self.written[self.tar_path(number).name] = write_tar(self.tar_path(number), samples)
-        self.samples += len(samples)
-        if self.preview and len(self.preview_tiles) < self.preview_count:
-            for sample in samples[: self.preview_count - len(self.preview_tiles)]:
-                bgr = cv2.imdecode(np.frombuffer(sample.image, np.uint8), cv2.IMREAD_COLOR)
-                self.preview_tiles.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        spool = self.pending.pop(number)
+        self.written[self.tar_path(number).name] = spool.write(self.tar_path(number))
+        self.samples += len(spool)
 
     def finish(self, report: RunReport, items: Sequence[ImageItem]) -> None:
         """Write the tars some of whose images failed (with the samples that were made), then the index of every

@@ -93,3 +93,46 @@ def test_a_killed_run_resumes_at_shard_granularity(tmp_path):
     assert cli_subprocess(*command(fresh)).returncode == 0
     for t in sorted((tmp_path / "out").glob("shard-*.tar")):
         assert t.read_bytes() == (fresh / t.name).read_bytes()
+
+
+def _renamed_copy(sample: Path, root: Path, renames: dict[str, str]) -> Path:
+    """small_sample's training images with their masks and backgrounds, some renamed (old stem -> new stem)."""
+    import shutil
+
+    for part in ("train", "masks/train", "backgrounds/train"):
+        for path in (sample / part).rglob("*.*"):
+            stem = renames.get(path.stem, path.stem)
+            target = root / part / path.parent.relative_to(sample / part) / f"{stem}{path.suffix}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    return root
+
+
+def test_tars_hold_long_names_and_keep_every_image_a_sample_of_its_own(small_sample, tmp_path):
+    import tarfile
+
+    renames = {"disc_0000": "d" * 90, "disc_0001": "e" * 90, "cross_0000": "x.y", "cross_0001": "x_y"}
+    data = _renamed_copy(small_sample, tmp_path / "data", renames)
+    out = tmp_path / "wds"
+    _compose(data, out, "--workers", 0)
+    index = json.loads((out / "index.json").read_text())
+    keys = [m.name.rsplit(".", 1)[0] for t in sorted(out.glob("shard-*.tar")) for m in tarfile.open(t).getmembers()]
+    assert index["nsamples"] == 48 and len(set(keys)) == 48 and len(keys) == 48 * 3  # image, cls, json per sample
+    assert any(len(k) > 100 for k in keys)  # member names past USTAR's 100-byte limit
+    sources = {json.loads(s["json"])["foreground"] for t in out.glob("shard-*.tar") for s in read_samples(t)}
+    assert {"cross/x.y.jpg", "cross/x_y.jpg"} <= sources
+    assert not list(out.rglob(TEMP_PREFIX + "*"))  # no spool left behind
+    again = tmp_path / "again"
+    _compose(data, again, "--workers", 2)
+    assert [t.read_bytes() for t in sorted(out.glob("shard-*.tar"))] == [t.read_bytes() for t in sorted(again.glob("shard-*.tar"))]
+
+
+def test_two_images_that_differ_only_in_the_extension_are_named_before_any_work(small_sample, tmp_path):
+    data = _renamed_copy(small_sample, tmp_path / "data", {})
+    Image.open(data / "train/disc/disc_0003.jpg").save(data / "train/disc/disc_0003.png")
+    before = {p: p.read_bytes() for p in (data / "train").rglob("*.*")}
+    result = _compose(data, tmp_path / "out", expect=2)
+    output = " ".join(result.output.split())
+    assert "disc/disc_0003.jpg, disc/disc_0003.png" in output and "differ only in the extension" in output, output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.tar"))
+    assert {p: p.read_bytes() for p in (data / "train").rglob("*.*")} == before

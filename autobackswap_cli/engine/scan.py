@@ -48,12 +48,30 @@ def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Seq
         what = "line(s) of the list that are not DATA/<class>/<image>" if files_from is not None else "file(s) without an image extension"
         warnings.append(f"{len(scan.skipped_files)} {what} were ignored: {shown}")
     warnings += layout_warnings
+    _refuse_shared_names(scan.items)
     if not scan.items:
         raise StepError(f"no images found in {data_dir} (expected DATA/<class>/<image>.jpg|png|...)" if not layout_warnings
                         else f"no images of {data_dir} are placed in a class: {layout_warnings[-1]}")
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}")
     return scan.items, warnings
+
+
+def _refuse_shared_names(items: Sequence[ImageItem]) -> None:
+    """Two images whose paths differ only in the extension (``a.jpg``, ``a.png``) would share every derived file
+    (``MASKS/c/a.png``, their backgrounds, composite names and tar keys): refused before any work, naming them."""
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for item in items:
+        key = item.key
+        if key in seen:
+            shared.add(key)
+        seen.add(key)
+    if shared:
+        pairs = sorted(str(it.rel) for it in items if it.key in shared)
+        shown = ", ".join(pairs[:6]) + (" ..." if len(pairs) > 6 else "")
+        raise StepError(f"{len(shared)} name(s) of DATA are taken by two images that differ only in the extension, so they "
+                        f"would share one mask, background and composite name: {shown}; rename or move one of each")
 
 
 def _check_output(data_dir: Path, out_dir: Path | None, inputs: list[Path]) -> list[str]:
