@@ -29,7 +29,7 @@ from .choices import BackgroundsFrom
 from .engine import DatasetLayout, NoForeground, RunReport, Step, StepError, active_layout, console, mask_threshold, scan_dataset
 from .manifest import Journal, ManifestSpool
 from .tarshards import Sample, TarSpool, describe_tar, read_index, sample_key, write_index
-from .images import FolderListing, ImageError, ImageItem, bounding_box, encode_image, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
+from .images import TEXT, FolderListing, ImageError, ImageItem, bounding_box, encode_image, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
 
 BG_MODES = BackgroundsFrom.values()
 VARIANTS = ("swap", "only-fg", "only-bg")
@@ -86,7 +86,7 @@ class Placement:
 
 
 def key_digest(key: str) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[:8], "little")
 
 
 def item_rng(seed: int, key: str, index: int, epoch: int = 0, digest: int | None = None) -> np.random.Generator:
@@ -511,7 +511,7 @@ class ComposeStep(Step):
                 continue
             try:
                 plans = self.plan(item)
-                if all(self.out_dir.joinpath(Path(p.output)).exists() for p in plans):  # finished by an earlier run
+                if all(os.path.exists(self.out_dir / p.output) for p in plans):  # finished by an earlier run (a name too long: not)
                     self.collect(item, self.manifest_rows(item, plans))
             except ImageError:
                 continue
@@ -520,7 +520,7 @@ class ComposeStep(Step):
 def _spread_outputs(manifest: Path, count: int, wanted: int) -> list[str]:
     """The outputs of ``wanted`` rows evenly spaced over a manifest of ``count`` rows (read as a stream)."""
     chosen = set(spread_sample(range(count), wanted))
-    with open(manifest, newline="") as f:
+    with open(manifest, newline="", **TEXT) as f:
         return [row["output"] for i, row in enumerate(csv.DictReader(f)) if i in chosen]
 
 

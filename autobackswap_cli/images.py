@@ -36,6 +36,9 @@ TEMP_PREFIX = ".abs-tmp-"
 # of exhausting memory (PIL's own bomb check would only warn below 2x its limit).
 DEFAULT_MAX_PIXELS = 178_956_970
 
+# How text files that hold paths (manifests, journals, lists) are read and written: UTF-8, with a file name that
+# is not UTF-8 (caf\xe9.jpg from an old archive) carried through byte for byte.
+TEXT = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 class ImageError(Exception):
     """An input file that cannot be used; the message names the reason."""
@@ -159,7 +162,7 @@ def items_from_list(root: Path | str, list_file: Path | str) -> FolderScan:
     root = Path(root)
     prefix = str(root.resolve()) + os.sep
     rels, skipped = set(), []
-    with open(list_file, encoding="utf-8") as lines:
+    with open(list_file, **TEXT) as lines:
         for line in lines:
             name = line.strip()
             if not name or name.startswith("#"):

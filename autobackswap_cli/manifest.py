@@ -14,7 +14,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .images import TEMP_PREFIX, atomic_file
+from .images import TEMP_PREFIX, TEXT, atomic_file
 
 SORT_CHUNK_ROWS = 200_000  # rows sorted in memory at a time (~100 MB)
 
@@ -35,7 +35,7 @@ class ManifestSpool:
         if self._file is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX + "manifest-", suffix=".csv", dir=self.folder)
-            self.path, self._file = Path(name), os.fdopen(fd, "w", newline="")
+            self.path, self._file = Path(name), os.fdopen(fd, "w", newline="", **TEXT)
             self._writer = csv.writer(self._file, lineterminator="\n")
         self._writer.writerows([row[f] for f in self.fields] for row in rows)
 
@@ -49,7 +49,7 @@ class ManifestSpool:
             self._file.close()
             self._file = None
         count = 0
-        with atomic_file(manifest, "w", newline="") as out, ExitStack() as stack:
+        with atomic_file(manifest, "w", newline="", **TEXT) as out, ExitStack() as stack:
             writer = csv.writer(out, lineterminator="\n")
             writer.writerow(self.fields)
             for row in _merge_sorted(self.path, self.folder, stack) if self.path else ():
@@ -71,17 +71,17 @@ def _merge_sorted(spool: Path, folder: Path, stack: ExitStack) -> Iterator[list[
     """The spool's rows sorted by their first field: sorted runs of ``SORT_CHUNK_ROWS`` in temporary files,
     merged."""
     runs: list[Path] = []
-    with open(spool, newline="") as f:
+    with open(spool, newline="", **TEXT) as f:
         reader = csv.reader(f)
         while chunk := list(islice(reader, SORT_CHUNK_ROWS)):
             chunk.sort(key=lambda row: row[0])
             fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX + "manifest-run-", suffix=".csv", dir=folder)
-            with os.fdopen(fd, "w", newline="") as run:
+            with os.fdopen(fd, "w", newline="", **TEXT) as run:
                 csv.writer(run, lineterminator="\n").writerows(chunk)
             runs.append(Path(name))
     for run in runs:
         stack.callback(run.unlink, missing_ok=True)
-    readers = [csv.reader(stack.enter_context(open(run, newline=""))) for run in runs]
+    readers = [csv.reader(stack.enter_context(open(run, newline="", **TEXT))) for run in runs]
     yield from heapq.merge(*readers, key=lambda row: row[0])
 
 
@@ -106,7 +106,7 @@ class Journal:
     def lines(self) -> Iterator[tuple[int, str, list[list[str]]]]:
         """(line number, key, rows) of every whole line."""
         try:
-            fh = open(self.path, newline="")
+            fh = open(self.path, newline="", **TEXT)
         except FileNotFoundError:
             return
         with fh:
@@ -135,7 +135,7 @@ class Journal:
     def add(self, key: str, rows: Sequence[dict], fields: Sequence[str]) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", newline="")
+            self._file = open(self.path, "a", newline="", **TEXT)
             if self._file.tell() and not _ends_with_newline(self.path):
                 self._file.write("\n")  # end a line a killed run cut short
             self._writer = csv.writer(self._file, lineterminator="\n")

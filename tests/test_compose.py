@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -237,3 +238,45 @@ def test_the_manifest_is_sorted_from_disk_not_memory(small_sample, tmp_path, mon
     outputs = [line.split(",")[0] for line in text.splitlines()[1:]]
     assert len(outputs) == 72 and outputs == sorted(outputs)
     assert not list((tmp_path / "many").rglob(TEMP_PREFIX + "*"))
+
+
+def _rename_everywhere(sample: Path, root: Path, old: str, new: bytes) -> Path:
+    """A copy of small_sample's training images, masks and backgrounds with the image ``old`` (``disc/x``) renamed
+    to the raw file name ``new`` (bytes: a name need not be UTF-8) in all three."""
+    for part in ("train", "masks/train", "backgrounds/train"):
+        shutil.copytree(sample / part, root / part)
+        source = next((root / part).glob(f"{old}.*"))
+        os.rename(os.fsencode(source), os.fsencode(source.parent) + b"/" + new + os.fsencode(source.suffix))
+    return root
+
+
+def test_names_that_are_not_utf8_round_trip_through_compose_and_its_manifest(small_sample, tmp_path):
+    data = _rename_everywhere(small_sample, tmp_path / "data", "disc/disc_0003", b"caf\xe9")
+    for layout in ("imagefolder", "webdataset"):
+        out = tmp_path / layout
+        cli("compose", data / "train", data / "masks/train", data / "backgrounds/train", "-o", out, "--per-image", 2,
+            "--output-format", layout, "--no-progress")
+        if layout == "imagefolder":
+            with open(out / "manifest.csv", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+                rows = list(csv.DictReader(fh))
+        else:  # each sample's manifest row is its .json member
+            from autobackswap_cli.tarshards import read_samples
+
+            rows = [json.loads(s["json"]) for tar in sorted(out.glob("*.tar")) for s in read_samples(tar)]
+        mine = [r for r in rows if r["foreground"] == os.fsdecode(b"disc/caf\xe9.jpg")]
+        assert len(rows) == 48 and len(mine) == 2 and run_record(out)["counts"]["failed"] == 0
+        if layout == "imagefolder":  # the composite's file name carries the input's bytes
+            assert all(os.path.exists(os.fsencode(out) + b"/" + os.fsencode(r["output"])) for r in mine)
+            assert any(b"caf\xe9__" in name for name in os.listdir(os.fsencode(out / "disc")))
+
+
+def test_an_output_name_too_long_for_the_file_system_fails_that_item_and_reruns_cleanly(small_sample, tmp_path):
+    data = _rename_everywhere(small_sample, tmp_path / "data", "disc/disc_0003", b"n" * 240)
+    out = tmp_path / "out"
+    args = ("compose", data / "train", data / "masks/train", data / "backgrounds/train", "-o", out, "--per-image", 2, "--no-progress")
+    for attempt in range(2):  # the rerun plans the failed item again without crashing
+        result = cli(*args, expect=1)
+        failures = run_record(out)["failures"]
+        assert [f["item"] for f in failures] == [f"disc/{'n' * 240}.jpg"], attempt
+        assert "output name too long for the file system" in failures[0]["reason"] and "Traceback" not in result.output
+    assert len(list(csv.DictReader(open(out / "manifest.csv")))) == 46

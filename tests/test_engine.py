@@ -332,3 +332,15 @@ def test_a_one_task_slurm_job_keeps_every_gpu(four_gpus):
     four_gpus.setenv("SLURM_LOCALID", "0")
     four_gpus.setenv("SLURM_NTASKS", "1")
     assert len(resolve_devices("cuda")) == 4
+
+
+def test_a_files_from_list_that_is_not_utf8_or_holds_a_huge_line_is_one_failed_item_each(small_sample, tmp_path):
+    from conftest import cli, run_record
+
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"disc/disc_0000.jpg\ndisc/caf\xe9.jpg\ndisc/" + b"x" * 80_000 + b".jpg\n")
+    result = cli("inpaint", small_sample / "train", small_sample / "masks/train", "-o", tmp_path / "bg", "--files-from", listing,
+                 "--method", "telea", "--no-progress", expect=1)
+    failed = {f["item"] for f in run_record(tmp_path / "bg")["failures"]}
+    assert failed == {os.fsdecode(b"disc/caf\xe9.jpg"), "disc/" + "x" * 80_000 + ".jpg"} and "Traceback" not in result.output
+    assert (tmp_path / "bg/disc/disc_0000.jpg").is_file()

@@ -4,6 +4,7 @@ per-item outcome that is not a failure (no foreground)."""
 from __future__ import annotations
 
 import errno
+import os
 
 from ..images import ImageError
 
@@ -45,5 +46,10 @@ def failure_reason(exc: BaseException) -> str:
         return NoForegroundReason(str(exc))
     if isinstance(exc, ImageError):
         return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        name = os.fsencode(exc.filename2 or exc.filename or "")
+        longest = max((len(part) for part in name.split(b"/")), default=0)
+        return (f"output name too long for the file system ({longest} bytes in one name; most allow 255): shorten the "
+                f"input's name ({os.path.basename(os.fsdecode(name))[:60]}...)")
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -25,7 +25,7 @@ from ..images import TEMP_PREFIX, FolderListing, ImageItem, remove_stale_temp_fi
 from .errors import FailFast, NoForegroundReason, RunStopper, StepError, failure_reason
 from .lock import output_lock
 from .options import RunOptions, Shard
-from .progress import console, make_progress, status_text
+from .progress import console, make_progress, shortened, status_text
 from .record import build_record, record_path, status_of, write_run_record
 from .signals import Interrupted, as_interrupted, signals_deferred, stop_on_signals
 from .step import Step
@@ -202,13 +202,13 @@ class _Drive:
             self.step.collect(item, value)
         elif isinstance(value, NoForegroundReason):  # counted and listed, no failure: --fail-fast goes on
             self.report.no_foreground.append(str(item.rel))
-            self.progress.console.print(f"[yellow]left out[/] {item.rel}: {value}")
+            self.progress.console.print(f"[yellow]left out[/] {shortened(str(item.rel))}: {shortened(str(value))}")
         else:
             self.report.failures.append({"item": str(item.rel), "reason": str(value)})
             if isinstance(value, RunStopper):
                 raise StepError(f"cannot write the output: {value} ({item.rel}); the run stopped. Free space or "
                                 f"fix the folder, then run the same command again to continue")
-            self.progress.console.print(f"[red]failed[/] {item.rel}: {value}")
+            self.progress.console.print(f"[red]failed[/] {shortened(str(item.rel))}: {shortened(str(value))}")
             if self.options.fail_fast:
                 raise FailFast(f"{item.rel}: {value}")
         self.progress.update(self.task, advance=1, status=status_text(self.report))

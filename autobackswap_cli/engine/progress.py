@@ -161,13 +161,19 @@ def print_summary(report: RunReport) -> None:
     if report.no_foreground:
         names = sorted(report.no_foreground)
         more = f" ... and {len(names) - 10} more" if len(names) > 10 else ""
-        console.print(f"[yellow]no foreground[/] (left out, not failures): {', '.join(names[:10])}{more}")
+        console.print(f"[yellow]no foreground[/] (left out, not failures): {', '.join(map(shortened, names[:10]))}{more}")
     if report.failures:
         table = Table(title=f"{report.failed} failed item(s)", show_lines=False)
         table.add_column("item")
         table.add_column("reason")
         for f in report.failures[:50]:
-            table.add_row(f["item"], f["reason"])
+            table.add_row(shortened(f["item"]), shortened(f["reason"]))
         console.print(table)
         if report.failed > 50:
             console.print(f"... and {report.failed - 50} more: see {Path(report.out_dir) / RUN_RECORD}")
+
+
+def shortened(text: str, limit: int = 160) -> str:
+    """A name or reason cut for the terminal (the record keeps it whole): the table's layout time grows with the
+    square of a cell's length, and an 80 KB name took 40 s."""
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 + 3:]}"
