@@ -144,7 +144,9 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
     t0 = time.perf_counter()
     if not sources:
         raise StepError("give at least one model: --model FILE, or --arch NAME --weights FILE")
-    items, _ = prepare_items(Path(test_dir), other_inputs=[options.masks, options.backgrounds])
+    read = [options.masks, options.backgrounds, options.mix_from, options.groups, *(p for s in sources for p in (s.path, s.weights))]
+    written = [("--json", options.json_path), ("--chart", options.chart), ("--preview", options.preview)]
+    items, _ = prepare_items(Path(test_dir), other_inputs=read, output_files=written)
     make_variants = VariantMaker(options.masks, options.backgrounds, options.mix_from, options.seed)
     groups, groups_from = _groups(options, items)
     classes = sorted({it.cls for it in items})

@@ -240,3 +240,107 @@ def test_a_read_only_output_folder_is_one_clear_error(big_set, small_filesystem)
     assert result.returncode == 2, result.stderr
     assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
     assert not _files(out, "*.jpg")
+
+
+# ----------------------------------------------------------------- issue 20: single-file outputs never land on inputs
+
+
+@pytest.fixture
+def probe_set(small_sample, tmp_path) -> Path:
+    """A private copy of the small sample set (a probe that fails must not spoil the shared one)."""
+    shutil.copytree(small_sample, tmp_path / "s")
+    return tmp_path / "s"
+
+
+def _tiny_classifier(path: Path, classes: list[str]) -> Path:
+    from autobackswap_cli.classifier import MODEL_FORMAT, build_small_cnn
+    from autobackswap_cli.model_files import save_model
+
+    net = build_small_cnn(len(classes), 4)
+    save_model(path, net.state_dict(), {"format": MODEL_FORMAT, "format_version": 2, "arch": "small-cnn", "width": 4,
+                                        "classes": classes, "image_size": 16})
+    return path
+
+
+def _hashes(*folders: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(Path(f).rglob("*")) if p.is_file()}
+
+
+def _first(folder: Path, pattern: str) -> Path:
+    return sorted(folder.rglob(pattern))[0]
+
+
+def _refused(args: list, inputs: list[Path], output: Path, named: Path) -> None:
+    """The command exits 2 before any work with one line naming the output and the input; no input changed."""
+    before = _hashes(*inputs)
+    result = cli_subprocess(*args)
+    message = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, message
+    assert str(output) in message and str(named) in message and "inputs are never modified" in message, message
+    assert _hashes(*inputs) == before
+
+
+def test_a_preview_on_an_input_image_is_refused(probe_set, tmp_path):
+    s = probe_set
+    target = _first(s / "train", "*.jpg")
+    _refused(["compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "out", "--preview", target],
+             [s], target, target)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_new_preview_inside_an_input_folder_is_refused(probe_set, tmp_path):
+    s = probe_set
+    target = s / "train" / "disc" / "new.png"
+    _refused(["compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "out", "--preview", target],
+             [s], target, s / "train")
+    assert not target.exists()
+
+
+def test_a_classifier_written_over_an_input_image_is_refused(probe_set):
+    target = _first(probe_set / "train", "*.jpg")
+    _refused(["train-classifier", probe_set / "train", "-o", target, "--epochs", "1", "--no-progress"], [probe_set], target, probe_set / "train")
+
+
+def test_a_segmenter_written_over_a_label_is_refused(probe_set):
+    s = probe_set
+    target = _first(s / "labels", "*.png")
+    _refused(["train-segmenter", s / "train", s / "labels", "-o", target, "--backbone", "small-cnn", "--epochs", "1", "--no-progress"],
+             [s], target, s / "labels")
+
+
+def test_an_evaluate_report_or_chart_over_an_input_is_refused(probe_set, tmp_path):
+    s = probe_set
+    model = _tiny_classifier(tmp_path / "m.safetensors", sorted(p.name for p in (s / "test").iterdir()))
+    base = ["evaluate", s / "test", "--masks", s / "masks/test", "--backgrounds", s / "backgrounds/test", "-m", model, "--no-progress"]
+    report = _first(s / "test", "*.jpg")
+    _refused([*base, "--json", report], [s], report, s / "test")
+    chart = _first(s / "masks/test", "*.png")
+    _refused([*base, "--chart", chart], [s], chart, s / "masks/test")
+    _refused([*base, "--json", model], [s, tmp_path], model, model)
+
+
+def test_a_json_log_appended_to_an_input_image_is_refused(probe_set, tiny_checkpoint, tmp_path):
+    target = _first(probe_set / "train", "*.jpg")
+    _refused(["--log-json", target, "segment", probe_set / "train", "-m", tiny_checkpoint, "-o", tmp_path / "masks", "--refine", "none"],
+             [probe_set], target, probe_set / "train")
+
+
+def test_a_converted_model_written_over_its_source_or_a_model_read_is_refused(probe_set, tiny_checkpoint, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    source = models / "old.pt"
+    shutil.copy(tiny_checkpoint, source)
+    _refused(["convert-model", source, "-o", source], [models], source, source)
+    segmenter = models / "seg.safetensors"
+    shutil.copy(tiny_checkpoint, segmenter)
+    _refused(["segment", probe_set / "train", "-m", segmenter, "-o", tmp_path / "masks", "--refine", "none", "--preview", segmenter],
+             [probe_set, models], segmenter, segmenter)
+
+
+def test_a_preview_inside_the_output_folder_inside_data_is_allowed(probe_set, tiny_checkpoint):
+    out = probe_set / "train" / "masks-out"
+    result = cli_subprocess("segment", probe_set / "train", "-m", tiny_checkpoint, "-o", out, "--refine", "none", "--preview", out / "p.png")
+    assert result.returncode == 0, result.stderr
+    assert (out / "p.png").is_file()
