@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from contextlib import contextmanager
@@ -344,3 +345,39 @@ def test_a_preview_inside_the_output_folder_inside_data_is_allowed(probe_set, ti
     result = cli_subprocess("segment", probe_set / "train", "-m", tiny_checkpoint, "-o", out, "--refine", "none", "--preview", out / "p.png")
     assert result.returncode == 0, result.stderr
     assert (out / "p.png").is_file()
+
+
+# ----------------------------------------------------------------- issue 20: outputs get the user's umask
+
+
+@contextmanager
+def _umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _modes(*paths: Path) -> dict[str, int]:
+    """The permission bits of every file written (temporary and lock files aside)."""
+    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*"))) if p.is_file()]
+    return {str(p): stat.S_IMODE(p.stat().st_mode) for p in files if not p.name.startswith((TEMP_PREFIX, ".autobackswap.lock"))}
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o027, 0o640)])
+def test_every_output_file_gets_the_mode_of_the_users_umask(small_sample, tiny_checkpoint, tmp_path, mask, expected):
+    s = small_sample
+    with _umask(mask):
+        runs = [
+            ("segment", s / "train", "-m", tiny_checkpoint, "-o", tmp_path / "masks", "--refine", "none", "--preview", tmp_path / "seg.png"),
+            ("compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "tars", "--output-format", "webdataset"),
+            ("compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "out", "--preview", tmp_path / "comp.png"),
+            ("train-classifier", s / "train", "-o", tmp_path / "clf.safetensors", "--epochs", "1", "--image-size", "16", "--no-progress"),
+        ]
+        for args in runs:
+            assert (result := cli_subprocess(*args)).returncode == 0, result.stderr
+    written = _modes(tmp_path / "masks", tmp_path / "tars", tmp_path / "out", tmp_path / "seg.png", tmp_path / "comp.png",
+                     tmp_path / "clf.safetensors", tmp_path / "clf.safetensors.json")
+    assert any(p.endswith(".tar") for p in written) and any(p.endswith("manifest.csv") for p in written)
+    assert {p: m for p, m in written.items() if m != expected} == {}
