@@ -46,7 +46,7 @@ ShardOpt = Annotated[
     Optional[str],
     typer.Option("--shard", help="Process only shard K of N (0-based, e.g. 0/4). Default: from torchrun RANK/WORLD_SIZE or a SLURM array, else all."),
 ]
-ExecutorOpt = Annotated[Executor, typer.Option("--executor", help="local (worker processes here) or ray (a Ray Data pipeline: a local Ray instance, or --ray-address). Needs the [ray] extra.")]
+ExecutorOpt = Annotated[Executor, typer.Option("--executor", help="local (worker processes here) or ray (a Ray Data pipeline: a local Ray instance, or --ray-address). Needs the ray extra: pip install 'autobackswap-cli\\[ray]'.")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: the cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray instance.")]
 GpusPerWorker = Annotated[float, typer.Option("--gpus-per-worker", help="--executor ray: GPUs each model actor asks for (e.g. 1; 0 = CPU).", min=0.0)]
 FilesFrom = Annotated[Optional[Path], typer.Option("--files-from", help="Take the images from this list (one path per line, relative to DATA) instead of scanning DATA: for datasets too big to scan.", dir_okay=False)]

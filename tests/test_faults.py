@@ -381,3 +381,20 @@ def test_every_output_file_gets_the_mode_of_the_users_umask(small_sample, tiny_c
                      tmp_path / "clf.safetensors", tmp_path / "clf.safetensors.json")
     assert any(p.endswith(".tar") for p in written) and any(p.endswith("manifest.csv") for p in written)
     assert {p: m for p, m in written.items() if m != expected} == {}
+
+
+# ----------------------------------------------------------------- issue 20: the smaller ones
+
+
+def test_segment_with_a_missing_truth_folder_is_an_error(small_sample, tiny_checkpoint, tmp_path):
+    missing = tmp_path / "no-such-truth"
+    result = cli_subprocess("segment", small_sample / "train", "-m", tiny_checkpoint, "-o", tmp_path / "masks", "--truth", missing)
+    message = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and "--truth" in message and str(missing) in message, message
+    assert not (tmp_path / "masks").exists()  # refused before any work
+
+
+def test_the_executor_help_names_its_extra():
+    result = cli_subprocess("segment", "--help")
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "Needs the extra" not in text and "Needs the ray extra: pip install 'autobackswap-cli[ray]'" in text, text
