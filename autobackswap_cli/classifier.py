@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import StepError, build_record, console, make_progress, model_record_path, record_interrupted_training, read_items, resolve_device, scan_dataset, status_of, write_run_record
+from .engine import StepError, active_layout, build_record, check_outputs, console, make_progress, model_record_path, record_interrupted_training, read_items, resolve_device, scan_dataset, status_of, write_run_record
 from .images import read_image
 from .descriptions import check_classifier
 from .model_files import (SAFETENSORS, TORCH_ZIP, check_shapes, deprecated, file_kind, is_torchscript, read_header, read_state_dict,
@@ -279,6 +279,8 @@ def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, pr
     """Train the small CNN on DATA and write it to ``out_path`` as safetensors with its description (plus
     ``out_path.json``, the run record)."""
     t0 = time.perf_counter()
+    metadata = active_layout().metadata
+    check_outputs([Path(metadata) if metadata else None], files=[("-o", Path(out_path))], data_dir=Path(data_dir))
     device = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
     gen = torch.Generator().manual_seed(opts.seed)

@@ -46,7 +46,7 @@ ShardOpt = Annotated[
     Optional[str],
     typer.Option("--shard", help="Process only shard K of N (0-based, e.g. 0/4). Default: from torchrun RANK/WORLD_SIZE or a SLURM array, else all."),
 ]
-ExecutorOpt = Annotated[Executor, typer.Option("--executor", help="local (worker processes here) or ray (a Ray Data pipeline: a local Ray instance, or --ray-address). Needs the [ray] extra.")]
+ExecutorOpt = Annotated[Executor, typer.Option("--executor", help="local (worker processes here) or ray (a Ray Data pipeline: a local Ray instance, or --ray-address). Needs the ray extra: pip install 'autobackswap-cli\\[ray]'.")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: the cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray instance.")]
 GpusPerWorker = Annotated[float, typer.Option("--gpus-per-worker", help="--executor ray: GPUs each model actor asks for (e.g. 1; 0 = CPU).", min=0.0)]
 FilesFrom = Annotated[Optional[Path], typer.Option("--files-from", help="Take the images from this list (one path per line, relative to DATA) instead of scanning DATA: for datasets too big to scan.", dir_okay=False)]
@@ -229,7 +229,8 @@ def label_cmd(
     chosen = [(kind, path) for kind, path in (("masks", from_masks), ("csv", from_csv), ("coco", from_coco)) if path is not None]
     if len(chosen) > 1:
         raise StepError("use one of --from-masks, --from-csv, --from-coco")
-    items, warnings = prepare_items(data, out, other_inputs=[from_masks])
+    items, warnings = prepare_items(data, out, other_inputs=[from_masks, from_csv, from_coco, segmenter],
+                                    output_files=[("--export-csv", export_csv)])
     if chosen:
         request = ImportRequest(*chosen[0], grid=grid, threshold=threshold, count=count, seed=seed)
         report = import_labels(data, out, items, request, _run_options(workers, 16, None, overwrite, fail_fast, no_progress), warnings)
@@ -325,7 +326,7 @@ def segment_cmd(
     from .engine import prepare_items, run_step
     from .segmenter.predict import SegmentOptions, SegmentStep
 
-    items, warnings = prepare_items(data, out, other_inputs=[truth], files_from=files_from)
+    items, warnings = prepare_items(data, out, other_inputs=[truth, segmenter], files_from=files_from, output_files=[("--preview", preview)])
     step = SegmentStep(segmenter, out, SegmentOptions(device=device, gpus=gpus, refine=refine.value, precision=precision.value,
                                                       preview=str(preview) if preview else None, truth=str(truth) if truth else None))
     _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress, executor, ray_address, gpus_per_worker), warnings))
@@ -380,7 +381,8 @@ def inpaint_cmd(
         method=method.value, model=model, prompt=prompt or defaults.prompt, negative_prompt=negative_prompt if negative_prompt is not None else defaults.negative_prompt,
         steps=steps, guidance=guidance, resolution=resolution, radius=radius, texture=texture_strength(texture), seed=seed, device=device, precision=precision.value,
     )
-    items, warnings = prepare_items(data, out, other_inputs=[masks], files_from=files_from)
+    model_path = Path(model) if model and Path(model).exists() else None
+    items, warnings = prepare_items(data, out, other_inputs=[masks, model_path], files_from=files_from, output_files=[("--preview", preview)])
     step = InpaintStep(masks, out, options, FillRegion(loose=loose, dilate=dilate), out_format=out_format.value, quality=quality, preview=str(preview) if preview else None)
     _finish(run_step(step, items, _run_options(workers, batch_size, shard, overwrite, fail_fast, no_progress, executor, ray_address, gpus_per_worker), warnings))
 
@@ -447,7 +449,7 @@ def compose_cmd(
         include_originals=include_originals, out_format=out_format.value, quality=quality, seed=seed, layout=layout.value, shard_size=shard_size,
     )
     run_options = _run_options(workers, 1, shard, overwrite, fail_fast, no_progress, executor, ray_address, gpus_per_worker)
-    items, warnings = prepare_items(data, out, other_inputs=[masks, backgrounds], files_from=files_from)
+    items, warnings = prepare_items(data, out, other_inputs=[masks, backgrounds], files_from=files_from, output_files=[("--preview", preview)])
     step = compose_step(masks, backgrounds, out, options, preview=str(preview) if preview else None)
     _finish(run_step(step, items, run_options, warnings))
 

@@ -139,12 +139,19 @@ def _groups(options: EvaluateOptions, items: Sequence[ImageItem]) -> tuple[dict[
 # --------------------------------------------------------------------------- scoring
 
 
+def _test_items(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOptions) -> list[ImageItem]:
+    """TEST's items, once no output (``--json``, ``--chart``, ``--preview``) is or lies inside what is read."""
+    read = [options.masks, options.backgrounds, options.mix_from, options.groups, *(p for s in sources for p in (s.path, s.weights))]
+    written = [("--json", options.json_path), ("--chart", options.chart), ("--preview", options.preview)]
+    return prepare_items(test_dir, other_inputs=read, output_files=written)[0]
+
+
 def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOptions, progress: bool = True) -> Evaluation:
     """Score every model on every variant of TEST; see the module docstring."""
     t0 = time.perf_counter()
     if not sources:
         raise StepError("give at least one model: --model FILE, or --arch NAME --weights FILE")
-    items, _ = prepare_items(Path(test_dir), other_inputs=[options.masks, options.backgrounds])
+    items = _test_items(Path(test_dir), sources, options)
     make_variants = VariantMaker(options.masks, options.backgrounds, options.mix_from, options.seed)
     groups, groups_from = _groups(options, items)
     classes = sorted({it.cls for it in items})

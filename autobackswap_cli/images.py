@@ -326,6 +326,33 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None, max_
 # --------------------------------------------------------------------------- writing
 
 
+_UMASK: int | None = None
+
+
+def new_file_mode() -> int:
+    """The mode a new file gets under this process's umask (0o644 under 022): what every output is given, since a
+    temporary file is created 0600 and would keep that mode through its rename. The umask is read once."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = _read_umask()
+    return 0o666 & ~_UMASK
+
+
+def _read_umask() -> int:
+    """The umask, read without changing it where the system says it (Linux); else set and put back at once, to the
+    stricter 077 meanwhile, so a file another thread creates then is never more open than it should be."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either absent or complete."""
     with atomic_file(path) as fh:
@@ -335,11 +362,13 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> None:
 @contextmanager
 def atomic_file(path: Path | str, mode: str = "wb", **open_args) -> Iterator[IO]:
     """A file to write ``path`` through, piece by piece: it is a temporary file until the block ends, then renamed,
-    so ``path`` is either absent or complete (an error or a kill leaves only a temporary file behind)."""
+    so ``path`` is either absent or complete (an error or a kill leaves only a temporary file behind). The file
+    gets the mode the user's umask gives a new file (``new_file_mode``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, mode, **open_args) as fh:
             yield fh
         os.replace(tmp, path)

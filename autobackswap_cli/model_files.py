@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import StepError, console
+from .engine import StepError, check_outputs, console
 from .images import write_bytes_atomic
 
 METADATA_KEY = "autobackswap"
@@ -174,8 +174,7 @@ def convert_model(source: Path, target: Path | None = None) -> tuple[Path, str]:
     safetensors model file; ``target`` defaults to SOURCE with the suffix ``.safetensors``. Returns (target, kind)."""
     source = _existing(source, "model file")
     target = Path(target) if target else source.with_suffix(".safetensors")
-    if target.resolve() == source.resolve():
-        raise StepError(f"convert-model would overwrite {source} with itself; give another output with -o")
+    check_outputs([source], files=[("-o", target)])
     if file_kind(source) == SAFETENSORS:
         raise StepError(f"{source} is already a safetensors model file")
     if is_torchscript(source):

@@ -150,6 +150,7 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
 def _run_steps(data: Path, labels: Path, work: Path, options: PipelineOptions) -> list[RunReport]:
     t0 = time.perf_counter()
     paths = work_paths(work)
+    items, warnings = prepare_items(data, Path(work), other_inputs=[labels], output_files=[("--preview", options.preview)])
     Path(work).mkdir(parents=True, exist_ok=True)
     if options.run.shard.count > 1 and not paths["segmenter"].exists():
         raise StepError(
@@ -163,7 +164,6 @@ def _run_steps(data: Path, labels: Path, work: Path, options: PipelineOptions) -
         result = train_segmenter(data, labels, paths["segmenter"], options.train, progress=options.run.progress)
         console.print(f"segmenter: validation patch IoU {result.metrics['val_patch_iou']} (best epoch {result.metrics['best_epoch']})")
         console.print(thresholds_line(result.thresholds, options.segment.refine))
-    items, warnings = prepare_items(data, Path(work), other_inputs=[labels])
     reports = []
     console.print("[bold]2/4 segment[/]")
     reports.append(run_step(SegmentStep(paths["segmenter"], paths["masks"], options.segment), items, options.run, warnings))

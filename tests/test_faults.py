@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from contextlib import contextmanager
@@ -240,3 +241,160 @@ def test_a_read_only_output_folder_is_one_clear_error(big_set, small_filesystem)
     assert result.returncode == 2, result.stderr
     assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
     assert not _files(out, "*.jpg")
+
+
+# ----------------------------------------------------------------- issue 20: single-file outputs never land on inputs
+
+
+@pytest.fixture
+def probe_set(small_sample, tmp_path) -> Path:
+    """A private copy of the small sample set (a probe that fails must not spoil the shared one)."""
+    shutil.copytree(small_sample, tmp_path / "s")
+    return tmp_path / "s"
+
+
+def _tiny_classifier(path: Path, classes: list[str]) -> Path:
+    from autobackswap_cli.classifier import MODEL_FORMAT, build_small_cnn
+    from autobackswap_cli.model_files import save_model
+
+    net = build_small_cnn(len(classes), 4)
+    save_model(path, net.state_dict(), {"format": MODEL_FORMAT, "format_version": 2, "arch": "small-cnn", "width": 4,
+                                        "classes": classes, "image_size": 16})
+    return path
+
+
+def _hashes(*folders: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(Path(f).rglob("*")) if p.is_file()}
+
+
+def _first(folder: Path, pattern: str) -> Path:
+    return sorted(folder.rglob(pattern))[0]
+
+
+def _refused(args: list, inputs: list[Path], output: Path, named: Path) -> None:
+    """The command exits 2 before any work with one line naming the output and the input; no input changed."""
+    before = _hashes(*inputs)
+    result = cli_subprocess(*args)
+    message = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, message
+    assert str(output) in message and str(named) in message and "inputs are never modified" in message, message
+    assert _hashes(*inputs) == before
+
+
+def test_a_preview_on_an_input_image_is_refused(probe_set, tmp_path):
+    s = probe_set
+    target = _first(s / "train", "*.jpg")
+    _refused(["compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "out", "--preview", target],
+             [s], target, target)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_new_preview_inside_an_input_folder_is_refused(probe_set, tmp_path):
+    s = probe_set
+    target = s / "train" / "disc" / "new.png"
+    _refused(["compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "out", "--preview", target],
+             [s], target, s / "train")
+    assert not target.exists()
+
+
+def test_a_classifier_written_over_an_input_image_is_refused(probe_set):
+    target = _first(probe_set / "train", "*.jpg")
+    _refused(["train-classifier", probe_set / "train", "-o", target, "--epochs", "1", "--no-progress"], [probe_set], target, probe_set / "train")
+
+
+def test_a_segmenter_written_over_a_label_is_refused(probe_set):
+    s = probe_set
+    target = _first(s / "labels", "*.png")
+    _refused(["train-segmenter", s / "train", s / "labels", "-o", target, "--backbone", "small-cnn", "--epochs", "1", "--no-progress"],
+             [s], target, s / "labels")
+
+
+def test_an_evaluate_report_or_chart_over_an_input_is_refused(probe_set, tmp_path):
+    s = probe_set
+    model = _tiny_classifier(tmp_path / "m.safetensors", sorted(p.name for p in (s / "test").iterdir()))
+    base = ["evaluate", s / "test", "--masks", s / "masks/test", "--backgrounds", s / "backgrounds/test", "-m", model, "--no-progress"]
+    report = _first(s / "test", "*.jpg")
+    _refused([*base, "--json", report], [s], report, s / "test")
+    chart = _first(s / "masks/test", "*.png")
+    _refused([*base, "--chart", chart], [s], chart, s / "masks/test")
+    _refused([*base, "--json", model], [s, tmp_path], model, model)
+
+
+def test_a_json_log_appended_to_an_input_image_is_refused(probe_set, tiny_checkpoint, tmp_path):
+    target = _first(probe_set / "train", "*.jpg")
+    _refused(["--log-json", target, "segment", probe_set / "train", "-m", tiny_checkpoint, "-o", tmp_path / "masks", "--refine", "none"],
+             [probe_set], target, probe_set / "train")
+
+
+def test_a_converted_model_written_over_its_source_or_a_model_read_is_refused(probe_set, tiny_checkpoint, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    source = models / "old.pt"
+    shutil.copy(tiny_checkpoint, source)
+    _refused(["convert-model", source, "-o", source], [models], source, source)
+    segmenter = models / "seg.safetensors"
+    shutil.copy(tiny_checkpoint, segmenter)
+    _refused(["segment", probe_set / "train", "-m", segmenter, "-o", tmp_path / "masks", "--refine", "none", "--preview", segmenter],
+             [probe_set, models], segmenter, segmenter)
+
+
+def test_a_preview_inside_the_output_folder_inside_data_is_allowed(probe_set, tiny_checkpoint):
+    out = probe_set / "train" / "masks-out"
+    result = cli_subprocess("segment", probe_set / "train", "-m", tiny_checkpoint, "-o", out, "--refine", "none", "--preview", out / "p.png")
+    assert result.returncode == 0, result.stderr
+    assert (out / "p.png").is_file()
+
+
+# ----------------------------------------------------------------- issue 20: outputs get the user's umask
+
+
+@contextmanager
+def _umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _modes(*paths: Path) -> dict[str, int]:
+    """The permission bits of every file written (temporary and lock files aside)."""
+    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*"))) if p.is_file()]
+    return {str(p): stat.S_IMODE(p.stat().st_mode) for p in files if not p.name.startswith((TEMP_PREFIX, ".autobackswap.lock"))}
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o027, 0o640)])
+def test_every_output_file_gets_the_mode_of_the_users_umask(small_sample, tiny_checkpoint, tmp_path, mask, expected):
+    s = small_sample
+    with _umask(mask):
+        runs = [
+            ("segment", s / "train", "-m", tiny_checkpoint, "-o", tmp_path / "masks", "--refine", "none", "--preview", tmp_path / "seg.png"),
+            ("compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "tars", "--output-format", "webdataset"),
+            ("compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "out", "--preview", tmp_path / "comp.png"),
+            ("train-classifier", s / "train", "-o", tmp_path / "clf.safetensors", "--epochs", "1", "--image-size", "16", "--no-progress"),
+        ]
+        for args in runs:
+            assert (result := cli_subprocess(*args)).returncode == 0, result.stderr
+    written = _modes(tmp_path / "masks", tmp_path / "tars", tmp_path / "out", tmp_path / "seg.png", tmp_path / "comp.png",
+                     tmp_path / "clf.safetensors", tmp_path / "clf.safetensors.json")
+    assert any(p.endswith(".tar") for p in written) and any(p.endswith("manifest.csv") for p in written)
+    assert {p: m for p, m in written.items() if m != expected} == {}
+
+
+# ----------------------------------------------------------------- issue 20: the smaller ones
+
+
+def test_segment_with_a_missing_truth_folder_is_an_error(small_sample, tiny_checkpoint, tmp_path):
+    missing = tmp_path / "no-such-truth"
+    result = cli_subprocess("segment", small_sample / "train", "-m", tiny_checkpoint, "-o", tmp_path / "masks", "--truth", missing)
+    message = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and "--truth" in message and str(missing) in message, message
+    assert not (tmp_path / "masks").exists()  # refused before any work
+
+
+def test_the_executor_help_names_its_extra():
+    result = cli_subprocess("segment", "--help")
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "Needs the extra" not in text and "Needs the ray extra: pip install 'autobackswap-cli[ray]'" in text, text

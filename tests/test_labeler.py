@@ -218,6 +218,8 @@ MALFORMED = {
     "floats": json.dumps({"grid": [[255.0] * P] * P}).encode(),
     "booleans": json.dumps({"grid": [[True] * P] * P}).encode(),
     "bad base": json.dumps({"grid": [[0] * P] * P, "base": [[0] * 3] * 3}).encode(),
+    "lists nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "objects nested 100,000 deep": b'{"grid": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_001,
 }
 
 

@@ -29,13 +29,13 @@ from .record import (PAPER_THRESHOLDS, RUN_RECORD, build_record, mask_threshold,
                      write_run_record)
 from .signals import Interrupted, as_interrupted, stop_on_signals
 from .layout import DatasetLayout, active_layout, metadata_table, using_layout
-from .scan import prepare_items, read_items, scan_dataset
+from .scan import check_outputs, prepare_items, read_items, scan_dataset
 from .step import Step
 
 __all__ = [
     "FailFast", "NoForeground", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "RunOptions", "Shard",
     "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_devices", "resolve_precision", "resolve_shard",
     "shard_from_env", "console", "make_progress", "print_summary", "PAPER_THRESHOLDS", "RUN_RECORD", "build_record",
-    "mask_threshold", "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "read_items", "Step",
+    "mask_threshold", "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "check_outputs", "read_items", "Step",
     "DatasetLayout", "active_layout", "metadata_table", "using_layout", "scan_dataset",
 ]

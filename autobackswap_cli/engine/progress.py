@@ -39,6 +39,11 @@ def log_json_to(path: Path | None) -> None:
     _log_json = Path(path) if path else None
 
 
+def log_json_path() -> Path | None:
+    """The file ``--log-json`` appends to, if any (an output every command checks against its inputs)."""
+    return _log_json
+
+
 def make_progress(transient: bool = False, enabled: bool = True) -> RunProgress:
     """What every long loop reports progress through (items/s, counts, ETA): a live bar on a terminal, plain
     periodic lines when stderr is a log (SLURM, Ray, ``make``), JSON lines to ``--log-json``. ``enabled=False``

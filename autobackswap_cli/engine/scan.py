@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ..images import FolderScan, ImageError, ImageItem, is_inside, items_from_list, scan_image_folder
 from .errors import NoForeground, StepError
 from .layout import DatasetLayout, active_layout, apply_layout
-from .progress import console, make_progress
+from .progress import console, log_json_path, make_progress
 
 
 def scan_dataset(data_dir: Path, layout: DatasetLayout | None = None, exclude: Sequence[Path] = (),
@@ -26,21 +26,25 @@ def scan_dataset(data_dir: Path, layout: DatasetLayout | None = None, exclude: S
 
 
 def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Sequence[Path] = (),
-                  files_from: Path | None = None, layout: DatasetLayout | None = None) -> tuple[list[ImageItem], list[str]]:
+                  files_from: Path | None = None, layout: DatasetLayout | None = None,
+                  output_files: Sequence[tuple[str, Path | None]] = ()) -> tuple[list[ImageItem], list[str]]:
     """Scan DATA for a step (or take the images ``files_from`` lists, unscanned), each item's class by ``layout``
     (default: the active one: ``--class-level`` / ``--metadata``); returns its items and warnings for the run
     record.
 
     The step's output folder may not be, hold or lie inside any of its inputs (DATA and ``other_inputs`` such as
     MASKS, BACKGROUNDS, LABELS; symlinks resolved): inputs are never modified. Only an output inside DATA is
-    allowed, and left out of the scan (and said so), as are other inputs kept inside DATA.
+    allowed, and left out of the scan (and said so), as are other inputs kept inside DATA. ``other_inputs`` may
+    name files read too (model files), and ``output_files`` the step's single-file outputs (``(flag, path)``):
+    none may be or lie inside an input (``check_outputs``).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise StepError(f"input folder not found: {data_dir}")
     inputs = [Path(p) for p in other_inputs if p is not None]
-    warnings = _check_output(data_dir, out_dir, inputs)
-    scan, layout_warnings = scan_dataset(data_dir, layout, [out_dir, *inputs], files_from)
+    metadata = (active_layout() if layout is None else layout).metadata
+    warnings = check_outputs([*inputs, files_from, Path(metadata) if metadata else None], out_dir, output_files, data_dir)
+    scan, layout_warnings = scan_dataset(data_dir, layout, [out_dir, *(p for p in inputs if not p.is_file())], files_from)
     for cls in scan.empty_classes:
         warnings.append(f"class folder '{cls}' has no images; it is skipped")
     if scan.skipped_files:
@@ -74,18 +78,40 @@ def _refuse_shared_names(items: Sequence[ImageItem]) -> None:
                         f"would share one mask, background and composite name: {shown}; rename or move one of each")
 
 
-def _check_output(data_dir: Path, out_dir: Path | None, inputs: list[Path]) -> list[str]:
+def check_outputs(inputs: Sequence[Path | None], out_dir: Path | None = None,
+                  files: Sequence[tuple[str, Path | None]] = (), data_dir: Path | None = None) -> list[str]:
+    """THE check that no output lands on or inside an input; every command runs it before any work.
+
+    ``inputs`` is everything the command reads, folders and files (DATA, MASKS, LABELS, model files, tables);
+    ``out_dir`` its output folder, ``files`` its single-file outputs as ``(flag, path)`` (``-o``, ``--preview``,
+    ``--json``, ...; ``--log-json`` is added here). An output folder may not be, hold or lie inside an input folder
+    (only one inside ``data_dir`` is allowed: it is left out of the scan; the warning is returned). An output
+    file may not be an input file nor lie inside an input folder (inside ``out_dir`` it is no input). Symlinks
+    are resolved. A refusal is a ``StepError`` naming both paths (exit 2)."""
+    given = [Path(p) for p in inputs if p is not None]
+    data = Path(data_dir) if data_dir is not None else None
+    folders = [p for p in given if not p.is_file() and p != data]
+    warnings = _check_folder(data, Path(out_dir), folders) if out_dir is not None else []
+    written = [(flag, Path(path)) for flag, path in [*files, ("--log-json", log_json_path())] if path is not None]
+    for flag, path in written:
+        if out_dir is not None and is_inside(path, Path(out_dir)) and path.resolve() != Path(out_dir).resolve():
+            continue
+        for source in given + ([data] if data is not None else []):
+            if path.resolve() == source.resolve() or (not source.is_file() and is_inside(path, source)):
+                relation = "is the input" if path.resolve() == source.resolve() else "lies inside the input folder"
+                raise StepError(f"{flag} {path} {relation} {source}; choose another path (inputs are never modified)")
+    return warnings
+
+
+def _check_folder(data_dir: Path | None, out: Path, inputs: list[Path]) -> list[str]:
     """Refuse an output folder that is, holds or lies inside an input (but DATA); the warning for one inside DATA."""
-    if out_dir is None:
-        return []
-    out = Path(out_dir)
-    if out.resolve() == data_dir.resolve():
+    if data_dir is not None and out.resolve() == data_dir.resolve():
         raise StepError(f"output {out} is the input folder itself; choose another folder (inputs are never modified)")
     for folder in inputs:
         if is_inside(out, folder) or is_inside(folder, out):
             relation = "is" if out.resolve() == folder.resolve() else ("lies inside" if is_inside(out, folder) else "holds")
             raise StepError(f"output {out} {relation} the input folder {folder}; choose another folder (inputs are never modified)")
-    if is_inside(out, data_dir):
+    if data_dir is not None and is_inside(out, data_dir):
         return [f"output folder {out} is inside the input folder {data_dir}; it is left out of the input"]
     return []
 

@@ -168,7 +168,8 @@ class LabelerHandler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ bodies
 
     def _read_json(self) -> object:
-        """The request's JSON body (at most ``MAX_BODY`` bytes)."""
+        """The request's JSON body (at most ``MAX_BODY`` bytes); a body that is not JSON, or nests deeper than the
+        parser allows, is a 400."""
         if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
             raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "the body must be application/json")
         length_header = self.headers.get("Content-Length")
@@ -189,6 +190,8 @@ class LabelerHandler(BaseHTTPRequestHandler):
             return json.loads(raw.decode("utf-8")) if raw else {}
         except (UnicodeDecodeError, ValueError) as exc:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"bad JSON: {exc}") from exc
+        except RecursionError:  # the parser's own limit on nesting: a hostile body, not a server fault
+            raise RequestError(HTTPStatus.BAD_REQUEST, "bad JSON: nested too deeply") from None
 
     def _send(self, body: bytes, content_type: str, status: int = HTTPStatus.OK, cache: str = "no-store") -> None:
         self.send_response(status)

@@ -181,6 +181,8 @@ class SegmentStep(Step):
     def __init__(self, checkpoint: Path, out_dir: Path, options: SegmentOptions):
         if options.refine not in REFINE_METHODS:
             raise StepError(f"--refine must be one of {', '.join(REFINE_METHODS)}; got {options.refine!r}")
+        if options.truth is not None and not Path(options.truth).is_dir():
+            raise StepError(f"--truth: ground-truth mask folder not found: {options.truth}")
         self.predictor = PatchPredictor(checkpoint, options.device, options.precision)
         from .model import BACKBONES
 

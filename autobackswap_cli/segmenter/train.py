@@ -334,7 +334,8 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
     if not labels_dir.is_dir():
         raise StepError(f"labels folder not found: {labels_dir}")
     info = read_labels_info(labels_dir)
-    items, warnings = prepare_items(Path(data_dir), other_inputs=[labels_dir])
+    items, warnings = prepare_items(Path(data_dir), other_inputs=[labels_dir, Path(opts.weights) if opts.weights else None],
+                                    output_files=[("-o", Path(out_path))])
     labelled = labelled_items(labels_dir, items)
     if len(labelled) < 4:
         raise StepError(f"only {len(labelled)} labelled image(s) of {data_dir} found in {labels_dir}; label at least a few dozen")
