@@ -119,6 +119,7 @@ def test_a_stop_signal_at_a_random_point_ends_segment_cleanly_every_time(big_set
             assert f"interrupted ({signal.Signals(sig).name})" in err and "run the same command again" in " ".join(err.split())
             assert "segment:" in err and "done" in err  # the one-line summary
             assert run_record(out)["status"] == "interrupted"
+            assert run_record(out)["counts"]["done"] == len(_files(out)), f"attempt {attempt}: the record counts what is on disk"
             assert not _files(out, TEMP_PREFIX + "*")
             assert not _no_process_left(proc.pid), "a worker outlived the run"
     resumed = cli_subprocess("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)

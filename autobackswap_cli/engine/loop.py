@@ -80,17 +80,20 @@ def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: 
     report = RunReport(step=step.name, out_dir=str(out_dir), warnings=list(warnings), shard=options.shard)
     mine, todo = _plan(step, items, options, report)
     workers = max(0, int(options.workers)) if len(todo) >= 2 and options.executor == "local" else 0  # one item: no processes
-    executor, error = None, None
+    executor, error, drive = None, None, None
     with stop_on_signals():
         try:
             executor, step_arg = start_executor(step, workers)
             with make_progress(enabled=options.progress) as progress:
-                _Drive(step, options, report, executor, step_arg, progress, workers).run(todo)
+                drive = _Drive(step, options, report, executor, step_arg, progress, workers)
+                drive.run(todo)
             step.finish(report, mine)
         except BaseException as exc:
             error = exc
     with signals_deferred() as noted:  # a second Ctrl-C must not cut the cleanup and the record short
         error = _stop_after(error, executor, report, out_dir)
+        if report.interrupted:
+            report.done += _written_uncounted(step, todo, drive.ended if drive else set())
         report.wall_time_s = time.perf_counter() - t0
         _write_record(step, report, options, started, out_dir, error)
     if error is None and noted:
@@ -99,6 +102,13 @@ def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: 
         error.report = report  # for the caller's summary
         raise error
     return report
+
+
+def _written_uncounted(step: Step, todo: Sequence[ImageItem], ended: set[str]) -> int:
+    """Items a stopped run wrote but never counted (a worker finished them while the stop came): the record
+    counts what is on disk."""
+    exists = FolderListing()
+    return sum(1 for it in todo if it.key not in ended and _finished_earlier(step.outputs(it), exists))
 
 
 def _stop_after(error: BaseException | None, executor: Any, report: RunReport, out_dir: Path) -> BaseException | None:
@@ -176,6 +186,7 @@ class _Drive:
         self.executor, self.step_arg, self.workers = executor, step_arg, workers
         self.window = max(4, 4 * max(1, workers), 2 * options.batch_size)
         self.task = None
+        self.ended: set[str] = set()  # keys of the items whose outcome was counted
 
     def run(self, todo: list[ImageItem]) -> None:
         self.task = self.progress.add_task(self.step.name, total=len(todo), status=status_text(self.report))
@@ -197,6 +208,7 @@ class _Drive:
             restore_torch_threads(torch_threads)
 
     def _finished(self, item: ImageItem, ok: bool, value: Any) -> None:
+        self.ended.add(item.key)
         if ok:
             self.report.done += 1
             self.step.collect(item, value)
