@@ -105,3 +105,26 @@ def test_the_cli_runs_a_step_on_ray(small_sample, tmp_path):
     cli("compose", small_sample / "train", small_sample / "masks/train", small_sample / "backgrounds/train", "-o", tmp_path / "c",
         "--executor", "ray", "--no-progress")
     assert run_record(tmp_path / "c")["counts"]["done"] == 24
+
+
+def test_a_sigterm_ends_a_ray_run_like_a_local_one_with_its_record(tiny_checkpoint, tmp_path):
+    """Ray's init takes SIGTERM for itself (exit 15, a crash dump, no record): the run must give 143 and say
+    "interrupted", counting the masks on disk."""
+    import signal
+
+    from autobackswap_cli.sample_data import SampleSpec, generate
+    from conftest import cli_background, wait_until
+
+    generate(tmp_path / "set", SampleSpec(seed=6, size=64, train_per_class=300, test_per_group=1, labelled=0, grid=8))
+    out = tmp_path / "masks"
+    proc = cli_background("segment", tmp_path / "set/train", "-m", tiny_checkpoint, "-o", out, "--executor", "ray", "--refine", "grabcut")
+    try:
+        wait_until(proc, lambda: any(out.rglob("*.png")), timeout=180)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    record = run_record(out)
+    assert proc.returncode == 143 and "interrupted (SIGTERM)" in err, (proc.returncode, err[-2000:])
+    assert record["status"] == "interrupted" and record["counts"]["done"] == len(list(out.rglob("*.png"))) < 900

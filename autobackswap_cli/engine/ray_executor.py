@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import signal
+import threading
 import warnings
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
@@ -20,6 +22,7 @@ from typing import Any, Callable, Sequence
 from ..images import ImageItem
 from .errors import StepError
 from .options import RunOptions, available_cores
+from .signals import STOP_SIGNALS
 from .step import Step
 from .workers import call_safely
 
@@ -45,10 +48,14 @@ def _connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    ours = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if threading.current_thread() is threading.main_thread() else {}
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:
         ray.init(num_cpus=available_cores(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    for sig, handler in ours.items():  # ray.init takes SIGTERM (exit 15, a crash dump, no record): give it back
+        if handler is not None:
+            signal.signal(sig, handler)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.preserve_order = False
