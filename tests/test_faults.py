@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import stat
@@ -54,6 +55,13 @@ SEGMENT_ARGS = ("--refine", "grabcut", "--workers", "2", "--batch-size", "4")
 
 def _start(*args) -> subprocess.Popen:
     return cli_background(*args, env={"AUTOBACKSWAP_LOG_INTERVAL": "0.2"})  # a progress line soon after start
+
+
+def _read_line_if_ready(proc: subprocess.Popen, lines: list[str]) -> None:
+    """Append the child's next stderr line to ``lines`` when one is waiting (never blocks: ``wait_until``'s timeout
+    can fire)."""
+    if select.select([proc.stderr], [], [], 0.2)[0]:
+        lines.append(proc.stderr.readline())
 
 
 def _files(folder: Path, pattern: str = "*.png") -> list[Path]:
@@ -105,6 +113,7 @@ def _same_bytes(a: Path, b: Path, pattern: str = "*.png") -> None:
 # ----------------------------------------------------------------------------------------- stop signals
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_at_a_random_point_ends_segment_cleanly_every_time(big_set, tiny_checkpoint, reference_masks, tmp_path, sig):
     out = tmp_path / "masks"
@@ -128,6 +137,7 @@ def test_a_stop_signal_at_a_random_point_ends_segment_cleanly_every_time(big_set
     _same_bytes(out, reference_masks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["inpaint", "compose"])
 def test_sigterm_ends_inpaint_and_compose_cleanly(big_set, tmp_path, step):
     masks, backgrounds = big_set.parent / "masks" / "train", big_set.parent / "backgrounds" / "train"  # the truth
@@ -154,7 +164,7 @@ def test_sigterm_ends_a_trainer_with_a_record_and_no_half_trained_model(small_sa
         args = (trainer, small_sample / "train", "-o", model, "--epochs", "5000")
     with _reaped(_start(*args)) as proc:
         lines: list[str] = []
-        wait_until(proc, lambda: lines.append(proc.stderr.readline()) or f"{trainer}: started" in lines[-1])
+        wait_until(proc, lambda: _read_line_if_ready(proc, lines) or f"{trainer}: started" in "".join(lines))
         code, err, _ = _stop(proc, signal.SIGTERM)
     assert code == 143, err
     assert "no model was saved" in " ".join(err.split())
@@ -166,6 +176,7 @@ def test_sigterm_ends_a_trainer_with_a_record_and_no_half_trained_model(small_sa
 # ----------------------------------------------------------------------------------------- kill -9
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_main_process_leaves_no_process_and_frees_the_callers_pipes(big_set, tiny_checkpoint, tmp_path):
     out = tmp_path / "masks"
     with _reaped(_start("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)) as proc:
@@ -185,6 +196,7 @@ def _a_worker_of(main_pid: int) -> int:
     return next(int(pid) for pid, ppid in rows if int(ppid) in children)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_like_the_oom_killer_does_fails_the_run_clearly(big_set, tiny_checkpoint, reference_masks, tmp_path):
     out = tmp_path / "masks"
     with _reaped(_start("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)) as proc:
@@ -217,6 +229,7 @@ def small_filesystem(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_file_system_stops_the_run_with_one_message_and_a_rerun_finishes(big_set, small_filesystem):
     out = small_filesystem / "backgrounds"
     args = ("inpaint", big_set, big_set.parent / "masks" / "train", "-o", out, "--workers", "2")
@@ -234,6 +247,7 @@ def test_a_full_file_system_stops_the_run_with_one_message_and_a_rerun_finishes(
     assert run_record(out)["counts"]["skipped"] == written and len(_files(out, "*.jpg")) == 300
 
 
+@pytest.mark.slow
 def test_a_read_only_output_folder_is_one_clear_error(big_set, small_filesystem):
     out = small_filesystem / "backgrounds"
     out.mkdir()

@@ -107,6 +107,7 @@ def test_the_cli_runs_a_step_on_ray(small_sample, tmp_path):
     assert run_record(tmp_path / "c")["counts"]["done"] == 24
 
 
+@pytest.mark.slow
 def test_a_sigterm_ends_a_ray_run_like_a_local_one_with_its_record(tiny_checkpoint, tmp_path):
     """Ray's init takes SIGTERM for itself (exit 15, a crash dump, no record): the run must give 143 and say
     "interrupted", counting the masks on disk."""
