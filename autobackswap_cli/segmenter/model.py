@@ -272,42 +272,49 @@ def save_checkpoint(path: Path, model: PatchSegmenter, image_size: int, options:
     save_model(path, model.state_dict(), description)
 
 
-def read_checkpoint(path: Path, weights: bool = True) -> dict:
-    """A segmenter file's description, checked field by field (``descriptions.check_segmenter``), plus its weights
-    under ``state_dict`` (on the CPU) unless ``weights`` is False (then only the header is read). Old
-    ``torch.save`` checkpoints still load (weights only, with a deprecation note)."""
+def _checked_description(path: Path) -> tuple[dict | None, dict]:
+    """(the safetensors header's tensor entries, or None for an old ``torch.save`` file; the segmenter's
+    description, checked field by field by ``descriptions.check_segmenter``). An old file's description still
+    holds its weights under ``state_dict``."""
     path = Path(path)
     if not path.is_file():
         raise StepError(f"segmenter not found: {path}")
-    kind = file_kind(path)
+    kind, header = file_kind(path), None
     if kind == SAFETENSORS:
-        _, ckpt = read_header(path, "segmenter")
+        header, ckpt = read_header(path, "segmenter")
     elif kind == TORCH_ZIP and not is_torchscript(path):
         ckpt = read_legacy_checkpoint(path, "segmenter")
     else:
         ckpt = None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise StepError(f"{path} is not an autobackswap segmenter (made by `autobackswap train-segmenter`)")
-    check_segmenter(ckpt, path, BACKBONES)
-    if kind == SAFETENSORS and weights:
-        ckpt["state_dict"] = read_tensors(path, "segmenter")
-    elif not weights:
+    return header, check_segmenter(ckpt, path, BACKBONES)
+
+
+def read_checkpoint(path: Path, weights: bool = True) -> dict:
+    """A segmenter file's description, checked field by field, plus its weights under ``state_dict`` (on the CPU)
+    unless ``weights`` is False (then only the header of a safetensors file is read). Old ``torch.save``
+    checkpoints still load (weights only, with a deprecation note)."""
+    header, ckpt = _checked_description(path)
+    if not weights:
         ckpt.pop("state_dict", None)
+    elif header is not None:
+        ckpt["state_dict"] = read_tensors(Path(path), "segmenter")
     return ckpt
 
 
 def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
     """(model in eval mode on the CPU, checkpoint metadata without the weights). The weights' names and shapes
     are checked against the model the description builds before they are read."""
-    ckpt = read_checkpoint(path, weights=False)
+    header, ckpt = _checked_description(path)
     spec = BACKBONES[ckpt["backbone"]]
     grid = int(ckpt["grid"])
     model = spec.segmenter(grid, False) if spec.segmenter is not None else PatchSegmenter(ckpt["backbone"], grid)
-    if file_kind(path) == SAFETENSORS:
-        check_shapes(read_header(path, "segmenter")[0], model.state_dict(), "segmenter", path)
-        state = read_tensors(path, "segmenter")
+    if header is not None:
+        check_shapes(header, model.state_dict(), "segmenter", path)
+        state = read_tensors(Path(path), "segmenter")
     else:
-        state = read_checkpoint(path)["state_dict"]
+        state = ckpt.pop("state_dict")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
