@@ -29,7 +29,7 @@ from .choices import BackgroundsFrom
 from .engine import DatasetLayout, NoForeground, RunReport, Step, StepError, active_layout, console, mask_threshold, scan_dataset
 from .manifest import Journal, ManifestSpool
 from .tarshards import Sample, TarSpool, describe_tar, read_index, sample_key, write_index
-from .images import TEXT, FolderListing, ImageError, ImageItem, bounding_box, encode_image, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
+from .images import TEXT, FolderListing, ImageError, ImageItem, bounding_box, path_key, encode_image, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
 
 BG_MODES = BackgroundsFrom.values()
 VARIANTS = ("swap", "only-fg", "only-bg")
@@ -112,7 +112,7 @@ class BackgroundPool:
         self._index: dict[str, tuple[str, int, str | None]] = {}  # image key -> (class, position in by_class[class], group)
         for it in scan.items:
             members = self.by_class.setdefault(it.cls, [])
-            self._index[_key(str(it.rel))] = (it.cls, len(members), it.group)
+            self._index[it.key] = (it.cls, len(members), it.group)
             members.append(str(it.rel))
         self.classes = sorted(self.by_class)
         if not self.classes:
@@ -139,7 +139,7 @@ class BackgroundPool:
 
     def describe(self, rel: str) -> tuple[str, str | None]:
         """(class, group) of the background ``rel``."""
-        cls, _, group = self._index[_key(rel)]
+        cls, _, group = self._index[path_key(rel)]
         return cls, group
 
     def own(self, key: str) -> str | None:
@@ -154,7 +154,7 @@ class BackgroundPool:
         own = self.own(item.key)
         for avoid in ({own, *exclude} - {None}, {own} - {None}):
             blocked: dict[str, list[int]] = {}  # class -> positions not to pick (a few: own and earlier picks)
-            for cls, position, _ in (self._index[_key(r)] for r in avoid):
+            for cls, position, _ in (self._index[path_key(r)] for r in avoid):
                 blocked.setdefault(cls, []).append(position)
             # only a class with as few images as are blocked drops out: check those, not every class
             full = {c for c, taken in blocked.items() if len(self.by_class.get(c, ())) <= len(taken)}
@@ -167,11 +167,6 @@ class BackgroundPool:
                         position += 1
                 return self.by_class[cls][position]
         raise ImageError(f"no background to choose from with --bg-from {mode} (classes with backgrounds: {', '.join(self.classes)})")
-
-
-def _key(rel: str) -> str:
-    """A relative path without its extension (``ImageItem.key``), by string work."""
-    return os.path.splitext(rel)[0]
 
 
 def sample_placement(rng: np.random.Generator, options: ComposeOptions) -> Placement:
@@ -488,7 +483,6 @@ class ComposeStep(Step):
             tiles = [read_image(self.out_dir / output) for output in _spread_outputs(manifest, self.manifest_count, self.preview_count)]
             write_image_atomic(Path(self.preview), preview_grid(tiles))
             console.print(f"preview: {self.preview}")
-
 
     def _earlier_rows_from_journal(self, items: Sequence[ImageItem]) -> None:
         """The manifest rows of the items earlier runs finished, as their journal lines hold them."""

@@ -64,13 +64,11 @@ def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Seq
 def _refuse_shared_names(items: Sequence[ImageItem]) -> None:
     """Two images whose paths differ only in the extension (``a.jpg``, ``a.png``) would share every derived file
     (``MASKS/c/a.png``, their backgrounds, composite names and tar keys): refused before any work, naming them."""
+    keys = [item.key for item in items]
+    if len(set(keys)) == len(keys):
+        return
     seen: set[str] = set()
-    shared: set[str] = set()
-    for item in items:
-        key = item.key
-        if key in seen:
-            shared.add(key)
-        seen.add(key)
+    shared = {key for key in keys if key in seen or seen.add(key)}
     if shared:
         pairs = sorted(str(it.rel) for it in items if it.key in shared)
         shown = ", ".join(pairs[:6]) + (" ..." if len(pairs) > 6 else "")
