@@ -25,11 +25,11 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from .choices import BackgroundsFrom
-from .engine import DatasetLayout, NoForeground, RunReport, Step, StepError, active_layout, console, mask_threshold, scan_dataset
-from .manifest import Journal, ManifestSpool
-from .tarshards import Sample, TarSpool, describe_tar, read_index, sample_key, write_index
-from .images import TEXT, FolderListing, ImageError, ImageItem, bounding_box, path_key, encode_image, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
+from ..choices import BackgroundsFrom
+from ..engine import DatasetLayout, NoForeground, RunReport, Step, StepError, active_layout, console, mask_threshold, scan_dataset
+from ..manifest import Journal, ManifestSpool
+from ..tarshards import Sample, TarSpool, describe_tar, read_index, sample_key, write_index
+from ..images import TEXT, FolderListing, ImageError, ImageItem, bounding_box, path_key, encode_image, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_bytes_atomic, write_image_atomic
 
 BG_MODES = BackgroundsFrom.values()
 VARIANTS = ("swap", "only-fg", "only-bg")
