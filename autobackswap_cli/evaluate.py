@@ -1,7 +1,7 @@
 """``evaluate``: how much a classifier relies on backgrounds, in numbers and a picture.
 
 Every test image is shown to the model in six IN-9 style variants, built on the fly
-from its mask and its clean background with compose.py's alpha, fitting, blending
+from its mask and its clean background with the compose core's alpha, fitting, blending
 and background choice (nothing is written to disk):
 
     original     the image as it is
@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.table import Table
 
 from .classifier import Classifier, load_classifier
-from .compose import Compositor, item_rng
+from .compose.core import Compositor, item_rng
 from .engine import RunReport, StepError, active_layout, console, prepare_items, print_summary, read_items
 from .images import ImageItem, preview_grid, read_image, spread_sample, write_bytes_atomic, write_image_atomic
 
@@ -103,7 +103,7 @@ class VariantMaker:
         variants = {"original": image, "only-fg": self.own.paste(image, alpha, np.zeros_like(image))[0],
                     "only-bg": self.own.background(self.own.own_background(item), h, w)}
         for index, (variant, mode) in enumerate(MIXED.items()):
-            chosen = self.mix.pool.choose(item, item_rng(self.seed, item.key, index), mode, set())
+            chosen = self.mix.choose_background(item, item_rng(self.seed, item.key, index), mode)
             variants[variant] = self.mix.swap(image, alpha, chosen)[0]
         return variants
 

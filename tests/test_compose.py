@@ -280,3 +280,13 @@ def test_an_output_name_too_long_for_the_file_system_fails_that_item_and_reruns_
         assert [f["item"] for f in failures] == [f"disc/{'n' * 240}.jpg"], attempt
         assert "output name too long for the file system" in failures[0]["reason"] and "Traceback" not in result.output
     assert len(list(csv.DictReader(open(out / "manifest.csv")))) == 46
+
+
+def test_the_background_rules_and_output_layouts_are_the_options_the_cli_offers():
+    """compose's registries and the command line's choices name the same rules and layouts, in the same order."""
+    from autobackswap_cli.choices import BackgroundsFrom, OutputLayout
+    from autobackswap_cli.compose.core import BG_RULES
+    from autobackswap_cli.compose.layouts import OUTPUT_LAYOUTS
+
+    assert tuple(BG_RULES) == BackgroundsFrom.values() and all(BG_RULES.values())
+    assert tuple(OUTPUT_LAYOUTS) == OutputLayout.values() and all(help_text for _, help_text in OUTPUT_LAYOUTS.values())
