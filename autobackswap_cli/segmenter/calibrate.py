@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from ..engine import PAPER_THRESHOLDS
-from ..labels import FOREGROUND, UNLABELLED
+from ..label_format import FOREGROUND, UNLABELLED
 
 TIGHT_CANDIDATES = np.round(np.arange(0.30, 0.901, 0.05), 2)
 LOOSE_CANDIDATES = np.round(np.arange(0.05, 0.901, 0.05), 2)

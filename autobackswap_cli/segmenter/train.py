@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..engine import (StepError, build_record, console, make_progress, model_record_path, prepare_items, read_items,
                       record_interrupted_training, resolve_device, status_of, write_run_record)
 from ..images import read_image
-from ..labels import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
+from ..label_format import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
 from .calibrate import calibrate_thresholds
 from ..nets import imagenet_normalise
 from .model import DEFAULT_BACKBONE, backbone_spec, build_segmenter, default_image_size, save_checkpoint
