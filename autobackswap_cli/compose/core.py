@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from ..engine import DatasetLayout, NoForeground, StepError, mask_threshold
+from ..engine import DatasetLayout, NoForeground, StepError
 from ..images import ImageError, ImageItem, bounding_box, mirror_path, read_image, read_mask
+from ..mask_thresholds import mask_threshold
 from .pool import BG_RULES, BackgroundPool
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ Rooms (img2dataset style), one role each:
 * ``workers``  worker processes: start, the calls they run, stop;
 * ``loop``     ``run_step``: plan (shard, skip finished), drive the items, write the record once;
 * ``lock``     one run at a time per output folder (or shard);
-* ``record``   the run record ``autobackswap.json``: one writer for every step and trainer; thresholds read back;
+* ``record``   the run record ``autobackswap.json``: one writer for every step and trainer;
 * ``signals``  Ctrl-C / SIGTERM / SIGHUP become ``Interrupted`` (exit 128 + signal);
 * ``progress`` the progress bar and the summary.
 
@@ -25,7 +25,7 @@ from .loop import RunReport, run_step
 from .options import (PRECISIONS, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device, resolve_devices,
                       resolve_precision, resolve_shard, shard_from_env)
 from .progress import console, make_progress, print_summary
-from .record import (PAPER_THRESHOLDS, RUN_RECORD, build_record, mask_threshold, model_record_path, record_interrupted_training, record_path, status_of,
+from .record import (RUN_RECORD, build_record, model_record_path, record_interrupted_training, record_path, status_of,
                      write_run_record)
 from .signals import Interrupted, as_interrupted, stop_on_signals
 from .layout import DatasetLayout, active_layout, metadata_table, using_layout
@@ -39,3 +39,13 @@ __all__ = [
     "mask_threshold", "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "check_outputs", "read_items", "Step",
     "DatasetLayout", "active_layout", "metadata_table", "using_layout", "scan_dataset",
 ]
+
+
+def __getattr__(name: str):
+    """``PAPER_THRESHOLDS`` and ``mask_threshold`` moved to ``autobackswap_cli.mask_thresholds`` (a format the
+    engine does not read); still offered here, looked up on first use (importing them here would be a circle)."""
+    if name in ("PAPER_THRESHOLDS", "mask_threshold"):
+        from .. import mask_thresholds
+
+        return getattr(mask_thresholds, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

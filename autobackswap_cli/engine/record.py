@@ -1,5 +1,5 @@
-"""The run record (``autobackswap.json``): ONE writer for every step and trainer, and what later steps read back
-from it (the thresholds a MASKS folder's segmenter chose)."""
+"""The run record (``autobackswap.json``): ONE writer for every step and trainer. What later steps read back from
+one (the thresholds a MASKS folder's segmenter chose) is ``autobackswap_cli.mask_thresholds``."""
 
 from __future__ import annotations
 
@@ -71,34 +71,3 @@ def status_of(failures: int, interrupted: bool = False, error: str | None = None
 def record_path(out_dir: Path, shard: Shard) -> Path:
     """Where a step's record goes: one per shard, so parallel shards never write the same file."""
     return Path(out_dir) / f"autobackswap{shard.file_suffix}.json"  # RUN_RECORD without shards
-
-
-PAPER_THRESHOLDS = {"loose": 0.1, "tight": 0.5}  # the paper's loose and tight masks, for masks that do not say better
-
-
-def _recorded_thresholds(masks_dir: Path) -> dict:
-    """The loose/tight thresholds that ``segment`` recorded in a MASKS folder ({} when it holds none):
-    the values its segmenter chose on its validation labels."""
-    from ..descriptions import check_thresholds  # (descriptions imports the engine's errors)
-
-    path = Path(masks_dir) / RUN_RECORD
-    try:
-        thresholds = json.loads(path.read_text())["options"].get("thresholds")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        return {}
-    if thresholds is None:
-        return {}
-    check_thresholds(thresholds, path, "options.thresholds")
-    return {k: float(thresholds[k]) for k in PAPER_THRESHOLDS if thresholds.get(k) is not None}
-
-
-def mask_threshold(masks_dir: Path, name: str, given: float | None = None) -> tuple[float, str]:
-    """The ``loose`` or ``tight`` threshold to apply to a MASKS folder, and where it came from: ``given`` (an
-    option), else what ``segment`` recorded there (its segmenter's calibrated value), else the paper's."""
-    if given is not None:
-        return float(given), "option"
-    recorded = _recorded_thresholds(masks_dir).get(name)
-    if recorded is not None:
-        return recorded, "masks' segmenter"
-    return PAPER_THRESHOLDS[name], "default"
-

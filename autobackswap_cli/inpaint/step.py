@@ -16,8 +16,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..engine import PAPER_THRESHOLDS, RunReport, Step, StepError, console, mask_threshold, resolve_devices
+from ..engine import RunReport, Step, StepError, console, resolve_devices
 from ..images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_image_atomic
+from ..mask_thresholds import PAPER_THRESHOLDS, mask_threshold
 from .base import InpaintOptions
 
 
