@@ -8,7 +8,7 @@ ever runs. ``safetensors`` (Hugging Face) reads it from any language.
 
 Older files still load, with a deprecation note: ``torch.save`` checkpoints (read with torch's weights-only
 unpickler, which refuses code) and TorchScript classifiers made by ``train-classifier`` before 0.2.
-``autobackswap convert-model OLD`` rewrites one as a safetensors file.
+``autobackswap convert-model OLD`` (``convert``) rewrites one as a safetensors file.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import StepError, check_outputs, console
+from .engine import StepError, console
 from .images import write_bytes_atomic
 
 METADATA_KEY = "autobackswap"
@@ -51,7 +51,7 @@ def read_header(path: Path, what: str) -> tuple[dict, dict]:
     """The tensor entries (name -> dtype, shape, data_offsets) and the description of a safetensors model file,
     from its header alone: the body is not read, so a damaged or hostile file costs at most the header's 100 MB.
     Every problem is a ``StepError`` naming the file."""
-    path = _existing(path, what)
+    path = existing_file(path, what)
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -118,7 +118,7 @@ def read_model(path: Path, what: str) -> tuple[dict, dict]:
 def read_state_dict(path: Path, what: str = "--weights") -> dict:
     """A plain state dict from a safetensors file or a ``torch.save`` file (weights-only: no code runs); a
     ``{"state_dict": ...}`` wrapper is unwrapped. For ``--weights`` files made by other tools."""
-    path = _existing(path, what)
+    path = existing_file(path, what)
     kind = file_kind(path)
     if kind == SAFETENSORS:
         return read_model(path, what)[0]
@@ -157,7 +157,8 @@ def is_torchscript(path: Path) -> bool:
         return False
 
 
-def _existing(path: Path, what: str) -> Path:
+def existing_file(path: Path, what: str) -> Path:
+    """``path`` as a Path, when it is a file; else a ``StepError`` naming ``what`` is not found."""
     path = Path(path)
     if not path.is_file():
         raise StepError(f"{what} not found: {path}")
@@ -169,28 +170,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def convert_model(source: Path, target: Path | None = None) -> tuple[Path, str]:
-    """Rewrite an old-style segmenter (``torch.save``) or classifier (TorchScript from ``train-classifier``) as a
-    safetensors model file; ``target`` defaults to SOURCE with the suffix ``.safetensors``. Returns (target, kind)."""
-    source = _existing(source, "model file")
-    target = Path(target) if target else source.with_suffix(".safetensors")
-    check_outputs([source], files=[("-o", target)])
-    if file_kind(source) == SAFETENSORS:
-        raise StepError(f"{source} is already a safetensors model file")
-    if is_torchscript(source):
-        from .classifier import MODEL_FORMAT, load_classifier
+def __getattr__(name: str):
+    """``convert_model`` lives in ``autobackswap_cli.convert`` (it builds classifiers and segmenters, which read
+    their files through this module); still offered here, looked up on first use."""
+    if name == "convert_model":
+        from .convert import convert_model
 
-        model = load_classifier(source, device="cpu", torchscript=True)
-        state = {k: v for k, v in model.module.state_dict().items()}
-        if not model.classes or "0.weight" not in state:
-            raise StepError(f"{source} is not a classifier made by `autobackswap train-classifier`; nothing to convert")
-        description = {"format": MODEL_FORMAT, "format_version": 2, "arch": "small-cnn", "width": int(state["0.weight"].shape[0]),
-                       "classes": model.classes, "image_size": model.image_size, "converted_from": str(source)}
-        save_model(target, state, description)
-        return target, "classifier"
-    from .segmenter.model import load_segmenter, save_checkpoint
-
-    model, meta = load_segmenter(source)
-    save_checkpoint(target, model, int(meta["image_size"]), meta.get("options", {}), meta.get("metrics", {}),
-                    extra={k: v for k, v in meta.items() if k in ("labels", "val_items", "thresholds")} | {"converted_from": str(source)})
-    return target, "segmenter"
+        return convert_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
