@@ -14,6 +14,7 @@ Rooms (img2dataset style), one role each:
 * ``loop``     ``run_step``: plan (shard, skip finished), drive the items, write the record once;
 * ``lock``     one run at a time per output folder (or shard);
 * ``record``   the run record ``autobackswap.json``: one writer for every step and trainer;
+* ``report``   ``RunReport``: what a run did (counts, failures, how it ended);
 * ``signals``  Ctrl-C / SIGTERM / SIGHUP become ``Interrupted`` (exit 128 + signal);
 * ``progress`` the progress bar and the summary.
 
@@ -21,10 +22,11 @@ Steps never copy the loop: they subclass ``Step`` and call ``run_step``.
 """
 
 from .errors import FailFast, NoForeground, StepError, failure_reason
-from .loop import RunReport, run_step
+from .loop import run_step
 from .options import (PRECISIONS, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device, resolve_devices,
                       resolve_precision, resolve_shard, shard_from_env)
 from .progress import console, make_progress, print_summary
+from .report import RunReport
 from .record import (RUN_RECORD, build_record, model_record_path, record_interrupted_training, record_path, status_of,
                      write_run_record)
 from .signals import Interrupted, as_interrupted, stop_on_signals

@@ -16,45 +16,21 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ..images import TEMP_PREFIX, FolderListing, ImageItem, remove_stale_temp_files
-from .errors import FailFast, NoForegroundReason, RunStopper, StepError, failure_reason
+from .errors import FailFast, NoForegroundReason, RunStopper, StepError
 from .lock import output_lock
-from .options import RunOptions, Shard
+from .options import RunOptions
 from .progress import console, make_progress, shortened, status_text
 from .record import build_record, record_path, status_of, write_run_record
+from .report import RunReport
 from .signals import Interrupted, as_interrupted, signals_deferred, stop_on_signals
 from .step import Step
-from .workers import (call_safely, restore_torch_threads, share_cores_with_workers, start_executor, stop_executor,
-                      work_prepare, work_process_and_write, work_write)
-
-
-@dataclass
-class RunReport:
-    step: str
-    out_dir: str
-    total: int = 0  # items in this shard
-    done: int = 0
-    skipped: int = 0
-    failures: list[dict] = field(default_factory=list)
-    no_foreground: list[str] = field(default_factory=list)  # items left out with NoForeground: not failures
-    warnings: list[str] = field(default_factory=list)
-    wall_time_s: float = 0.0
-    interrupted: bool = False
-    shard: Shard = field(default_factory=Shard)
-    error: str | None = None  # what stopped the run (a dead worker, a full disk)
-
-    @property
-    def failed(self) -> int:
-        return len(self.failures)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and not self.interrupted
+from .workers import (compute_batch, restore_torch_threads, share_cores_with_workers, start_executor, stop_executor, work_prepare,
+                      work_process_and_write, work_write)
 
 
 def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnings: Sequence[str] = ()) -> RunReport:
@@ -296,39 +272,20 @@ class _Computers:
     def submit(self, batch: list) -> Future:
         if self.threads is None:
             done: Future = Future()
-            done.set_result(_compute_batch(self.replicas[0], batch))
+            done.set_result(compute_batch(self.replicas[0], batch))
             return done
         return self.threads.submit(self._on_a_free_replica, batch)
 
     def _on_a_free_replica(self, batch: list) -> list:
         replica = self.free.get()
         try:
-            return _compute_batch(replica, batch)
+            return compute_batch(replica, batch)
         finally:
             self.free.put(replica)
 
     def close(self) -> None:
         if self.threads is not None:
             self.threads.shutdown(wait=False, cancel_futures=True)
-
-
-def _compute_batch(step: Step, batch: list) -> Iterable[tuple[ImageItem, bool, Any]]:
-    """Run ``compute`` on a batch; if the batch fails, retry item by item to isolate the culprit."""
-    if not batch:
-        return []
-    items = [b[0] for b in batch]
-    payloads = [b[1] for b in batch]
-    try:
-        results = step.compute(payloads)
-        return [(it, True, r) for it, r in zip(items, results)]
-    except Exception as exc:
-        if len(batch) == 1:
-            return [(items[0], False, failure_reason(exc))]
-    out = []
-    for it, p in zip(items, payloads):
-        ok, value = call_safely(step.compute, [p])
-        out.append((it, ok, value[0] if ok else value))
-    return out
 
 
 def _remove_leftover_temps(out_dir: Path, options: RunOptions) -> None:

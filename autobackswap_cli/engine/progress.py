@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -16,9 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .record import RUN_RECORD
-
-if TYPE_CHECKING:
-    from .loop import RunReport
+from .report import RunReport
 
 console = Console(stderr=True, soft_wrap=True)
 

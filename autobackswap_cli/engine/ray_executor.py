@@ -24,7 +24,7 @@ from .errors import StepError
 from .options import RunOptions, available_cores
 from .signals import STOP_SIGNALS
 from .step import Step
-from .workers import call_safely
+from .workers import call_safely, compute_batch
 
 # A task whose worker died runs again this many times (Ray Data's own default is forever: an image that always kills
 # its worker would never end the run).
@@ -88,10 +88,8 @@ class _Compute:
         self.step.setup()
 
     def __call__(self, batch: dict) -> dict:
-        from .loop import _compute_batch
-
         prepared = [i for i, ok in enumerate(batch["ok"]) if ok]
-        results = _compute_batch(self.step, [(i, pickle.loads(batch["value"][i])) for i in prepared])
+        results = compute_batch(self.step, [(i, pickle.loads(batch["value"][i])) for i in prepared])
         ok, value = list(batch["ok"]), list(batch["value"])
         for i, done, result in results:
             ok[i], value[i] = done, pickle.dumps(result)

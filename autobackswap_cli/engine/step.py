@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..images import ImageItem
-
-if TYPE_CHECKING:
-    from .loop import RunReport
+from .report import RunReport
 
 
 class Step:
@@ -79,6 +77,6 @@ class Step:
         """Step-specific results for the run record (e.g. quality against ground truth)."""
         return {}
 
-    def finish(self, report: "RunReport", items: Sequence[ImageItem]) -> None:
+    def finish(self, report: RunReport, items: Sequence[ImageItem]) -> None:
         """Main process, after the loop, with this shard's items (e.g. write a preview or a manifest);
         ``report.shard`` says which shard ran."""

@@ -16,7 +16,7 @@ import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..images import ImageItem
 from .errors import STOPPING_ERRNOS, RunStopper, failure_reason
@@ -146,6 +146,26 @@ def work_process_and_write(step: Step | None, item: ImageItem):
     if not ok:
         return ok, value
     return call_safely(s.write, item, value)
+
+
+def compute_batch(step: Step, batch: list) -> Iterable[tuple[ImageItem, bool, Any]]:
+    """Run ``compute`` on a batch of (item, prepared) pairs: (item, ok, result or reason) per item. If the batch
+    fails, each item is retried alone to isolate the culprit. The loop and the Ray executor both compute through it."""
+    if not batch:
+        return []
+    items = [b[0] for b in batch]
+    payloads = [b[1] for b in batch]
+    try:
+        results = step.compute(payloads)
+        return [(it, True, r) for it, r in zip(items, results)]
+    except Exception as exc:
+        if len(batch) == 1:
+            return [(items[0], False, failure_reason(exc))]
+    out = []
+    for it, p in zip(items, payloads):
+        ok, value = call_safely(step.compute, [p])
+        out.append((it, ok, value[0] if ok else value))
+    return out
 
 
 class InlineExecutor:

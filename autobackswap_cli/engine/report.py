@@ -1,0 +1,34 @@
+"""``RunReport``: what one run of a step did (counts, failures, items left out, how it ended). The loop fills it; the
+summary, the run record and the callers read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .options import Shard
+
+
+@dataclass
+class RunReport:
+    """One run of a step over one shard: its counts, failures and how it ended."""
+
+    step: str
+    out_dir: str
+    total: int = 0  # items in this shard
+    done: int = 0
+    skipped: int = 0
+    failures: list[dict] = field(default_factory=list)
+    no_foreground: list[str] = field(default_factory=list)  # items left out with NoForeground: not failures
+    warnings: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    interrupted: bool = False
+    shard: Shard = field(default_factory=Shard)
+    error: str | None = None  # what stopped the run (a dead worker, a full disk)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.interrupted
