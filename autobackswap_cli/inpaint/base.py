@@ -41,6 +41,7 @@ class Inpainter:
 
     name = "base"
     uses_model = False
+    device: str | None = None  # a model backend's device, resolved once by whoever runs it (``on_device``)
     context: float | None = None  # crop margin around the hole, a share of its larger side; None: the whole image
     min_context = 8  # the margin is at least this many pixels
     min_side = 0  # a crop grows to at least this a side where the image allows
@@ -48,6 +49,12 @@ class Inpainter:
 
     def __init__(self, options: InpaintOptions):
         self.options = options
+
+    def on_device(self, device) -> None:
+        """Run the model on ``device`` (a resolved ``torch.device``, or its name): the inpaint step resolves
+        ``--device`` once and hands each backend its device. Kept as a name: the inpainter is pickled to workers,
+        which need no torch."""
+        self.device = str(device)
 
     def setup(self) -> None:
         """Load models (main process, once)."""

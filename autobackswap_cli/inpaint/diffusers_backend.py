@@ -49,19 +49,26 @@ class DiffusersInpainter(Inpainter):
             raise StepError("--method diffusers needs the diffusers extra: pip install 'autobackswap-cli[diffusers]'")
         if options.resolution % 8:
             raise StepError(f"--resolution must be a multiple of 8; got {options.resolution}")
-        # Resolved here, before any worker starts, so a bad model or device is reported at once; kept as strings
-        # (the inpainter is pickled to the workers, which need no torch).
+        # Located here, before any worker starts, so a bad model is reported at once (the device: ``on_device``);
+        # kept as strings (the inpainter is pickled to the workers, which need no torch).
         self.location, self.local_only, self.source = self._locate(options.model)
-        self.device = str(resolve_device(options.device))
-        self.precision = resolve_precision(options.precision, self.device.split(":")[0])
+        self.precision: str | None = None  # --precision for the device, set with it
         self.pipeline = None
         self.takes_negative_prompt = True
 
+    def on_device(self, device) -> None:
+        """The device, and the precision ``--precision`` means on it (auto: fp16 on CUDA)."""
+        super().on_device(device)
+        self.precision = resolve_precision(self.options.precision, self.device.split(":")[0])
+
     def setup(self) -> None:
-        """Load the pipeline onto the device (main process, once)."""
+        """Load the pipeline onto the device (main process, once; ``--device`` resolved here if the inpainter was
+        not given one)."""
         import torch
         from diffusers import AutoPipelineForInpainting
 
+        if self.device is None:
+            self.on_device(resolve_device(self.options.device))
         if not self.local_only:
             console.print(f"{self.options.model} is not in the huggingface cache: downloading it from the hub")
         try:

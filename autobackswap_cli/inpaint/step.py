@@ -57,10 +57,13 @@ class InpaintStep(Step):
         self.preview = preview
         self.preview_count = preview_count
         self.inpainter = make_inpainter(options)
+        self.devices: list[str] = []  # a model backend's devices, one replica each (names: workers need no torch)
         if self.inpainter.uses_model:
             self.compute = self._compute
+            # --device resolved once, before any worker starts (a device that is not there is reported at once)
+            self.devices = [str(d) for d in resolve_devices(options.device)]
+            self.inpainter.on_device(self.devices[0])
         self.no_foreground = 0
-        self.devices: list[str] = []  # a model backend's devices, one replica each
 
     def output_path(self, item: ImageItem) -> Path:
         suffix = None if self.out_format == "same" else "." + self.out_format.lstrip(".")
@@ -71,10 +74,7 @@ class InpaintStep(Step):
 
     def replicas(self) -> list[InpaintStep]:
         """A model backend on ``--device cuda`` with several GPUs: one copy of the step (and model) per GPU."""
-        if not self.inpainter.uses_model:
-            return [self]
-        self.devices = [str(d) for d in resolve_devices(self.options.device)]
-        if len(self.devices) == 1:
+        if len(self.devices) <= 1:
             return [self]
         from . import make_inpainter
 
@@ -83,6 +83,7 @@ class InpaintStep(Step):
             replica = copy.copy(self)
             replica.options = replace(self.options, device=device)
             replica.inpainter = make_inpainter(replica.options)
+            replica.inpainter.on_device(device)
             replica.compute = replica._compute  # bound to the copy, not to this step
             copies.append(replica)
         return copies

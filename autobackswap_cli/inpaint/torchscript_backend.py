@@ -47,13 +47,15 @@ class TorchScriptInpainter(Inpainter):
         if options.precision not in ("auto", "fp32"):
             raise StepError(f"--method torchscript runs in fp32 (LaMa's Fourier layers are not safe in half precision); got --precision {options.precision}")
         self.path = path
-        self.device = str(resolve_device(options.device))  # checked before any worker starts; a string pickles without torch
         self.model = None
 
     def setup(self) -> None:
-        """Load the TorchScript model onto the device (main process, once)."""
+        """Load the TorchScript model onto the device (main process, once; ``--device`` resolved here if the
+        inpainter was not given one)."""
         import torch
 
+        if self.device is None:
+            self.on_device(resolve_device(self.options.device))
         try:
             with warnings.catch_warnings():  # recent torch deprecates TorchScript, but it is how LaMa is distributed
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)

@@ -114,9 +114,10 @@ class SegmentOptions:
 
 class PatchPredictor:
     """A segmenter checkpoint that predicts P x P foreground probabilities; the model loads on first use (in the
-    main process: pickled copies sent to workers leave it behind)."""
+    main process: pickled copies sent to workers leave it behind). ``device`` is a resolved ``torch.device`` (the
+    segment step resolves ``--device`` once, where it makes its replicas) or a name, resolved when the model loads."""
 
-    def __init__(self, checkpoint: Path, device: str = "auto", precision: str = "auto", second_look: float = SECOND_LOOK_BELOW):
+    def __init__(self, checkpoint: Path, device="auto", precision: str = "auto", second_look: float = SECOND_LOOK_BELOW):
         from .model import BACKBONES, read_checkpoint
 
         self.checkpoint = Path(checkpoint)
@@ -126,15 +127,15 @@ class PatchPredictor:
         self.image_size = int(self.meta["image_size"])
         self.grid = int(self.meta["grid"])
         self.backbone = self.meta["backbone"]
-        self.device_name, self.precision = device, precision
-        self.model = self.device = self.dtype = None
+        self.device, self.precision = device, precision
+        self.model = self.dtype = None
         # Only a model with pixel outputs can look at another input size; a patch model's grid is fixed by its input.
         pixel_model = BACKBONES[self.backbone].segmenter is not None
         self.second_look = second_look if pixel_model else 0.0
         self.second_look_size = 2 * self.image_size if self.second_look > 0 else None
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "model": None}
+    def __getstate__(self) -> dict:  # workers get no model, and the device by name (they need no torch)
+        return {**self.__dict__, "model": None, "device": str(self.device)}
 
     def model_input(self, image: np.ndarray, size: int | None = None) -> np.ndarray:
         """An RGB image as the model takes it: uint8, C x S x S (S: the model's input size unless ``size``)."""
@@ -159,11 +160,13 @@ class PatchPredictor:
         return probs, len(again)
 
     def load(self) -> None:
+        """Load the model onto the device, in the precision ``--precision`` means there (main process)."""
         import torch
 
         from .model import load_segmenter, optimize_for_inference
 
-        self.device = resolve_device(self.device_name)
+        if not isinstance(self.device, torch.device):
+            self.device = resolve_device(self.device)
         model, _ = load_segmenter(self.checkpoint)
         self.model = optimize_for_inference(model).to(self.device)
         self.dtype = getattr(torch, PRECISIONS[resolve_precision(self.precision, self.device.type)])
@@ -230,12 +233,13 @@ class SegmentStep(Step):
     def replicas(self) -> list[SegmentStep]:
         """One copy of this step per device (every GPU of ``--device cuda``); the model's fixed chunks make each
         replica's masks byte-identical to a one-device run on the same kind of device."""
-        self.devices = [str(d) for d in resolve_devices(self.options.device, self.options.gpus)]
-        if len(self.devices) == 1:
-            self.predictor.device_name = self.devices[0]
+        devices = resolve_devices(self.options.device, self.options.gpus)  # --device, resolved once
+        self.devices = [str(d) for d in devices]
+        if len(devices) == 1:
+            self.predictor.device = devices[0]
             return [self]
         copies = []
-        for device in self.devices:
+        for device in devices:
             replica = copy.copy(self)
             replica.predictor = PatchPredictor(self.predictor.checkpoint, device, self.options.precision, self.options.second_look)
             copies.append(replica)
