@@ -157,31 +157,7 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
     classes = sorted({it.cls for it in items})
     models = [load_classifier(s.path, s.arch, s.weights, len(classes), options.image_size, options.device, s.torchscript) for s in sources]
     _name_uniquely(models)
-    label_names = {m.name: _label_names(m, classes) for m in models}
-
-    correct = {m.name: {v: {} for v in VARIANTS} for m in models}
-    failures: list[dict] = []
-    no_foreground: list[str] = []
-    preview_keys = {it.key for it in spread_sample(items, PREVIEW_IMAGES)}
-    preview_tiles: list[np.ndarray] = []
-
-    def score(built: list[tuple[ImageItem, dict]]) -> None:
-        for model in models:
-            for variant in VARIANTS:
-                predicted = model.predict([v[variant] for _, v in built]) if built else []
-                for (item, _), index in zip(built, predicted):
-                    correct[model.name][variant][item.key] = label_names[model.name][index] == item.cls
-
-    built: list[tuple[ImageItem, dict]] = []
-    for item, variants in read_items(items, make_variants, failures, description="evaluate", progress=progress, no_foreground=no_foreground):
-        if item.key in preview_keys:
-            preview_tiles += [variants[v] for v in VARIANTS]
-        built.append((item, variants))
-        if len(built) == options.batch_size:
-            score(built)
-            built = []
-    score(built)
-
+    scores = _score(items, make_variants, models, classes, options.batch_size, progress)
     report = {
         "test": str(test_dir),
         "masks": str(options.masks),
@@ -191,21 +167,64 @@ def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOp
         "groups_from": groups_from,
         "seed": options.seed,
         "classes": classes,
-        "images": {"total": len(items), "evaluated": len(items) - len(failures) - len(no_foreground), "failed": len(failures),
-                   "no_foreground": len(no_foreground)},
+        "images": {"total": len(items), "evaluated": len(items) - len(scores.failures) - len(scores.no_foreground), "failed": len(scores.failures),
+                   "no_foreground": len(scores.no_foreground)},
         "variants": list(VARIANTS),
-        "models": [_model_report(m, correct[m.name], groups, items) for m in models],
-        "failures": failures,
-        "no_foreground": sorted(no_foreground),
+        "models": [_model_report(m, scores.correct[m.name], groups, items) for m in models],
+        "failures": scores.failures,
+        "no_foreground": sorted(scores.no_foreground),
     }
-    evaluation = Evaluation(report, failures, time.perf_counter() - t0, no_foreground=sorted(no_foreground))
+    evaluation = Evaluation(report, scores.failures, time.perf_counter() - t0, no_foreground=sorted(scores.no_foreground))
+    _write_outputs(evaluation, options, scores.preview_tiles)
+    return evaluation
+
+
+@dataclass
+class _Scores:
+    """What scoring found: per model, variant and test image key whether the model was right; the images that
+    could not be used and those without foreground; the preview's tiles."""
+
+    correct: dict[str, dict[str, dict[str, bool]]]
+    failures: list[dict] = field(default_factory=list)
+    no_foreground: list[str] = field(default_factory=list)
+    preview_tiles: list[np.ndarray] = field(default_factory=list)
+
+
+def _score(items: Sequence[ImageItem], make_variants: VariantMaker, models: list[Classifier], classes: list[str], batch_size: int,
+           progress: bool) -> _Scores:
+    """Every model on every variant of every test image, ``batch_size`` images at a time."""
+    label_names = {m.name: _label_names(m, classes) for m in models}
+    scores = _Scores({m.name: {v: {} for v in VARIANTS} for m in models})
+    preview_keys = {it.key for it in spread_sample(items, PREVIEW_IMAGES)}
+
+    def score(built: list[tuple[ImageItem, dict]]) -> None:
+        for model in models:
+            for variant in VARIANTS:
+                predicted = model.predict([v[variant] for _, v in built]) if built else []
+                for (item, _), index in zip(built, predicted):
+                    scores.correct[model.name][variant][item.key] = label_names[model.name][index] == item.cls
+
+    built: list[tuple[ImageItem, dict]] = []
+    for item, variants in read_items(items, make_variants, scores.failures, description="evaluate", progress=progress,
+                                     no_foreground=scores.no_foreground):
+        if item.key in preview_keys:
+            scores.preview_tiles += [variants[v] for v in VARIANTS]
+        built.append((item, variants))
+        if len(built) == batch_size:
+            score(built)
+            built = []
+    score(built)
+    return scores
+
+
+def _write_outputs(evaluation: Evaluation, options: EvaluateOptions, preview_tiles: list[np.ndarray]) -> None:
+    """``--json``, ``--chart`` and ``--preview``, where asked for."""
     if options.json_path:
-        write_bytes_atomic(options.json_path, (json.dumps(report, indent=2) + "\n").encode())
+        write_bytes_atomic(options.json_path, (json.dumps(evaluation.report, indent=2) + "\n").encode())
     if options.chart:
         write_chart(evaluation, options.chart)
     if options.preview and preview_tiles:
         write_image_atomic(options.preview, preview_grid(preview_tiles, columns=len(VARIANTS)))
-    return evaluation
 
 
 def _name_uniquely(models: list[Classifier]) -> None:
