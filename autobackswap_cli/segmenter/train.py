@@ -25,7 +25,7 @@ from ..label_format import FOREGROUND, UNLABELLED, label_path, labelled_items, r
 from .calibrate import calibrate_thresholds
 from ..nets import imagenet_normalise
 from .model import DEFAULT_BACKBONE, backbone_spec, build_segmenter, default_image_size, save_checkpoint
-from .predict import REFINE_METHODS, refined_mask
+from .refine import REFINE_METHODS, refined_mask
 
 
 @dataclass

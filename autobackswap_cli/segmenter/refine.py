@@ -1,0 +1,86 @@
+"""Edge refinement: a segmenter's P x P (or pixel) probabilities brought to the image's size and snapped to its
+edges (``--refine none|guided|grabcut``). ``segment`` writes masks through it; ``train-segmenter`` calibrates its
+thresholds on masks made the same way."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..choices import Refine
+from ..engine import StepError
+
+REFINE_METHODS = Refine.values()
+
+
+def upsample_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """P x P patch probabilities -> H x W, bilinear between patch centres (smooth, no blocks)."""
+    return np.clip(cv2.resize(probs.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1) -> np.ndarray:
+    """He et al.'s guided filter with a grayscale guide: edges of ``guide`` carried into ``src``.
+
+    With ``subsample`` s > 1 it is the *fast* guided filter (He & Sun 2015): the linear
+    coefficients are computed on an s-times smaller image and upsampled, then applied to
+    the full-resolution guide, so edges stay sharp at a fraction of the cost.
+    """
+    g_full = cv2.cvtColor(guide, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0 if guide.ndim == 3 else guide.astype(np.float32)
+    h, w = g_full.shape
+    g, s, r = g_full, src.astype(np.float32), radius
+    if subsample > 1:
+        small = (max(1, round(w / subsample)), max(1, round(h / subsample)))
+        g = cv2.resize(g_full, small, interpolation=cv2.INTER_AREA)
+        s = cv2.resize(s, small, interpolation=cv2.INTER_AREA)
+        r = max(1, round(radius / subsample))
+    ksize = (2 * r + 1, 2 * r + 1)
+
+    def box(a: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(a, -1, ksize, borderType=cv2.BORDER_REFLECT)
+
+    mean_g, mean_s = box(g), box(s)
+    cov = box(g * s) - mean_g * mean_s
+    var = box(g * g) - mean_g * mean_g
+    a = cov / (var + eps)
+    b = mean_s - a * mean_g
+    mean_a, mean_b = box(a), box(b)
+    if subsample > 1:
+        mean_a = cv2.resize(mean_a, (w, h), interpolation=cv2.INTER_LINEAR)
+        mean_b = cv2.resize(mean_b, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(mean_a * g_full + mean_b, 0, 1)
+
+
+def refine_mask(image: np.ndarray, soft: np.ndarray, method: str, cell: float) -> np.ndarray:
+    """Snap a soft mask's edges to the image. ``cell`` is the patch size in pixels."""
+    if method == "none":
+        return soft
+    if method == "guided":
+        radius = max(2, int(round(cell)))
+        return guided_filter(image, soft, radius=radius, eps=1e-3, subsample=max(1, radius // 8))
+    if method == "grabcut":
+        trimap = np.full(soft.shape, cv2.GC_PR_BGD, np.uint8)
+        trimap[soft >= 0.5] = cv2.GC_PR_FGD
+        trimap[soft >= 0.9] = cv2.GC_FGD
+        trimap[soft <= 0.05] = cv2.GC_BGD
+        if not (trimap == cv2.GC_FGD).any() and not (trimap == cv2.GC_PR_FGD).any():
+            return soft
+        if not ((trimap == cv2.GC_BGD) | (trimap == cv2.GC_PR_BGD)).any():
+            return soft
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        # GrabCut seeds its colour models with k-means on OpenCV's per-thread RNG: without a fixed seed a mask
+        # would depend on how many images this worker refined before it (so on --batch-size, --shard, workers).
+        cv2.setRNGSeed(0)
+        cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), trimap, None, bgd, fgd, 3, cv2.GC_INIT_WITH_MASK)
+        hard = np.isin(trimap, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
+        # Keep a soft edge: blend the hard cut with the model where GrabCut was unsure.
+        return np.clip(cv2.GaussianBlur(hard, (0, 0), 1.0), 0, 1)
+    raise StepError(f"--refine must be one of {', '.join(REFINE_METHODS)}; got {method!r}")
+
+
+def refined_mask(image: np.ndarray, probs: np.ndarray, method: str, grid: int) -> np.ndarray:
+    """An RGB image's full-size soft mask from the model's probabilities (P x P patches, or pixels at the model's
+    input size), refined with ``method``; ``grid`` (P) sets the refinement's reach."""
+    h, w = image.shape[:2]
+    soft = upsample_probabilities(probs, h, w)
+    guide = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if method == "guided" else image
+    return refine_mask(guide, soft, method, cell=max(h, w) / grid)
