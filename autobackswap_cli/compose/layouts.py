@@ -36,9 +36,11 @@ class ImageFiles:
         self.step = step
 
     def plan_items(self, items: Sequence[ImageItem], mine: Sequence[ImageItem], shard) -> None:
+        """Open this shard's journal (it names the items earlier runs finished)."""
         self.step.open_journal(shard)
 
     def known_finished(self, mine: Sequence[ImageItem]) -> set[str] | None:
+        """The keys the journal says are finished (None without one: the engine checks the files)."""
         return self.step.earlier
 
     def outputs(self, item: ImageItem) -> list[Path]:
@@ -61,6 +63,7 @@ class ImageFiles:
         return [row for _, _, row in results]
 
     def collect(self, item: ImageItem, rows: list[dict]) -> None:
+        """The item's manifest rows, to the manifest's spool and the journal."""
         self.step.record_rows(item, rows)
 
     def finish(self, report: RunReport, items: Sequence[ImageItem]) -> None:
@@ -73,6 +76,7 @@ class ImageFiles:
             console.print(f"preview: {step.preview}")
 
     def recorded_results(self) -> dict:
+        """How many composites the manifest lists."""
         return {"composites_in_manifest": self.step.manifest_count}
 
 
@@ -108,12 +112,15 @@ class TarShards:
             self.tar_images[number] = self.tar_images.get(number, 0) + 1
 
     def known_finished(self, mine: Sequence[ImageItem]) -> set[str] | None:
-        return None  # the tars on disk say it
+        """None: the tars on disk say what is finished."""
+        return None
 
     def tar_path(self, number: int) -> Path:
+        """Where tar ``number`` of this shard goes."""
         return self.step.out_dir / f"{self.prefix}{number:06d}.tar"
 
     def outputs(self, item: ImageItem) -> list[Path]:
+        """The item's tar: once it exists, the item is finished."""
         return [self.tar_path(self.tar_of[item.key])]
 
     def write(self, item: ImageItem, results: list[tuple[Path, np.ndarray, dict]]) -> list[Sample]:
@@ -171,6 +178,7 @@ class TarShards:
             console.print(f"preview: {step.preview}")
 
     def recorded_results(self) -> dict:
+        """Samples in this shard's tars, and how many of them this run wrote."""
         return {"samples": self.step.manifest_count, "samples_this_run": self.samples}
 
 

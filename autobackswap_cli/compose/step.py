@@ -69,7 +69,7 @@ class ComposeStep(Step):
                 o.include_originals, str(self.core.pool.root.resolve()), len(self.core.pool), self.layout]
         return hashlib.sha256(json.dumps(plan, default=str).encode()).hexdigest()[:12]
 
-    # ----------------------------------------------------------------- the output layout's hooks
+    # ----------------------------------------------------------------- the output layout's hooks (Step's protocol)
 
     def plan_items(self, items: Sequence[ImageItem], mine: Sequence[ImageItem], shard) -> None:
         self.writer.plan_items(items, mine, shard)

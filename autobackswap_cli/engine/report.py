@@ -27,8 +27,10 @@ class RunReport:
 
     @property
     def failed(self) -> int:
+        """How many items failed."""
         return len(self.failures)
 
     @property
     def ok(self) -> bool:
+        """No item failed and the run was not interrupted."""
         return not self.failures and not self.interrupted
