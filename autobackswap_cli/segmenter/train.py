@@ -24,7 +24,8 @@ from ..images import read_image
 from ..labels import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
 from .calibrate import calibrate_thresholds
 from ..nets import imagenet_normalise
-from .model import DEFAULT_BACKBONE, backbone_spec, build_segmenter, default_image_size, save_checkpoint
+from .backbones import DEFAULT_BACKBONE
+from .model import backbone_spec, build_segmenter, default_image_size, save_checkpoint
 from .predict import REFINE_METHODS, refined_mask
 
 
