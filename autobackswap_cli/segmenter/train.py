@@ -331,6 +331,8 @@ def with_backbone_defaults(opts: TrainOptions) -> TrainOptions:
 def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: TrainOptions, progress: bool = True) -> TrainResult:
     """Train on every labelled image of DATA and save the checkpoint to ``out_path`` (and its run record beside)."""
     t0 = time.perf_counter()
+    if opts.pretrained and opts.weights:
+        raise StepError("use either --pretrained or --weights FILE, not both")
     labels_dir = Path(labels_dir)
     if not labels_dir.is_dir():
         raise StepError(f"labels folder not found: {labels_dir}")
