@@ -111,6 +111,9 @@ _LAYOUT: dict[str, _Declared] = {name: _Declared(kind, typer.Option(flag, rich_h
     ("id_column", Optional[str], "--id-column", "--metadata: the image id column that label --from-csv rows may name (default: img_id or id).", {}),
 )}
 
+# renamed options: new spelling -> the old one, which still works (hidden) and prints a one-line note
+_RENAMED = {"--encode-format": "--format", "--output-layout": "--output-format"}
+
 # ----------------------------------------------------------------- step options that `run` repeats (declared once)
 BackboneOpt = Annotated[Backbone, typer.Option("--backbone", help=backbone_help())]
 Pretrained = Annotated[bool, typer.Option("--pretrained", help="Segmenter: start from torchvision's ImageNet weights (its cache, or a download).")]
@@ -122,10 +125,10 @@ Loose = Annotated[Optional[float], typer.Option("--loose", help="inpaint: fill w
 Tight = Annotated[Optional[float], typer.Option("--tight", help="compose: the foreground is where P(fg) is at least this (the tight mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.5.", show_default=False, **_range("tight"))]
 PerImage = Annotated[int, typer.Option("--per-image", "-k", help="compose: composites per foreground image.", **_range("per_image"))]
 BgFrom = Annotated[BackgroundsFrom, typer.Option("--bg-from", help="compose: backgrounds from any (class uniform, then image), other-class, same-class, next-class.")]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", help=encode_format_help())]
+EncodeFormat = Annotated[OutputFormat, typer.Option("--encode-format", help=encode_format_help())]
 Quality = Annotated[int, typer.Option("--quality", help="JPEG/WEBP quality.", **_range("quality"))]
-LayoutOpt = Annotated[OutputLayout, typer.Option("--output-format", help="compose: imagefolder (files, manifest.csv) or webdataset (tar shards OUT/shard-000000.tar + index.json, for millions of images).")]
-ShardSize = Annotated[int, typer.Option("--shard-size", help="compose --output-format webdataset: samples per tar (an image's composites stay in one tar).", **_range("shard_size"))]
+LayoutOpt = Annotated[OutputLayout, typer.Option("--output-layout", help="compose: imagefolder (files, manifest.csv) or webdataset (tar shards OUT/shard-000000.tar + index.json, for millions of images).")]
+ShardSize = Annotated[int, typer.Option("--shard-size", help="compose --output-layout webdataset: samples per tar (an image's composites stay in one tar).", **_range("shard_size"))]
 
 
 def _field_default(cls: type, name: str) -> Any:
@@ -155,6 +158,43 @@ def _add_options(fn, table: dict[str, _Declared], names: Sequence[str], build: t
 
     wrapper.__signature__ = signature.replace(parameters=kept + added)
     wrapper.__annotations__ = {p.name: p.annotation for p in kept + added}
+    return wrapper
+
+
+def _old_spellings(fn):
+    """Keep the old spelling of each renamed option (``_RENAMED``) of ``fn`` working: a hidden option that, when
+    given, prints a one-line note to stderr and sets the new one as if given so (unless that is given too)."""
+    signature = inspect.signature(fn, eval_str=True)
+    renamed = {}
+    for p in signature.parameters.values():
+        info = next((m for m in getattr(p.annotation, "__metadata__", ()) if isinstance(m, typer.models.OptionInfo)), None)
+        new = next((d for d in (info.default, *info.param_decls) if d in _RENAMED), None) if info else None
+        if new:
+            renamed[p.name] = (f"{p.name}_old_spelling", new, p.annotation.__origin__)
+    if not renamed:
+        return fn
+    added = [inspect.Parameter(old, inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Annotated[Optional[kind], typer.Option(_RENAMED[new], hidden=True, help=f"Deprecated: {new}.")])
+             for old, new, kind in renamed.values()]
+    own_ctx = next((name for name, p in signature.parameters.items() if p.annotation is typer.Context), None)
+    if own_ctx is None:  # Typer hands a command its context through a parameter of that type
+        added.append(inspect.Parameter("spelling_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = kwargs[own_ctx] if own_ctx else kwargs.pop("spelling_ctx")
+        for name, (old, new, _) in renamed.items():
+            value = kwargs.pop(old)
+            if value is not None:
+                typer.echo(f"note: {_RENAMED[new]} is deprecated; use {new}", err=True)
+                source = ctx.get_parameter_source(name)
+                if source.name != "COMMANDLINE":  # as if given with the new spelling
+                    kwargs[name] = ctx.params[name] = value
+                    ctx.set_parameter_source(name, type(source).COMMANDLINE)
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *added])
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
     return wrapper
 
 
@@ -200,14 +240,14 @@ def _handles_errors(fn):
 def _command(name: str, shared: Sequence[str] = (), layout: bool = True, **defaults):
     """Register command ``name``: the shared options ``shared`` (fields of ``_SHARED``; ``defaults`` sets their
     defaults for this command) handed to it as ``common``, the layout options (``layout``) as ``data_layout``,
-    active while it runs, library errors turned into exit codes."""
+    active while it runs, old option spellings kept, library errors turned into exit codes."""
 
     def register(fn):
         if shared:
             fn = _add_options(fn, _SHARED, shared, CommonOptions, "common", defaults)
         if layout:
             fn = _add_options(fn, _LAYOUT, tuple(_LAYOUT), DatasetLayout, "data_layout", active=using_layout)
-        return app.command(name)(_handles_errors(fn))
+        return app.command(name)(_handles_errors(_old_spellings(fn)))
 
     return register
 
@@ -368,7 +408,7 @@ def inpaint_cmd(
     steps: Annotated[int, typer.Option("--steps", help="diffusers: denoising steps.", **_range("steps"))] = 25,
     guidance: Annotated[float, typer.Option("--guidance", help="diffusers: classifier-free guidance scale.")] = 7.5,
     resolution: Annotated[int, typer.Option("--resolution", help="diffusers: side of the square crop the model sees (multiple of 8).", **_range("resolution"))] = 512,
-    out_format: FormatOpt = OutputFormat.same,
+    out_format: EncodeFormat = OutputFormat.same,
     quality: Quality = 95,
     common: CommonOptions = None,
     data_layout: DatasetLayout = None,
@@ -402,7 +442,7 @@ def compose_cmd(
     rotate: Annotated[float, typer.Option("--rotate", help="Random rotation up to this many degrees either way.", **_range("rotate"))] = 0.0,
     translate: Annotated[int, typer.Option("--translate", help="Random shift up to this many pixels on each axis (kept inside the frame).", **_range("translate"))] = 0,
     fill: Annotated[str, typer.Option("--fill", help="--only-fg: the flat fill colour as R,G,B.")] = "0,0,0",
-    out_format: FormatOpt = OutputFormat.same,
+    out_format: EncodeFormat = OutputFormat.same,
     quality: Quality = 95,
     layout: LayoutOpt = OutputLayout.imagefolder,
     shard_size: ShardSize = 1000,
@@ -515,7 +555,7 @@ def run_cmd(
     tight: Tight = None,
     per_image: PerImage = 1,
     bg_from: BgFrom = BackgroundsFrom.any,
-    out_format: FormatOpt = OutputFormat.same,
+    out_format: EncodeFormat = OutputFormat.same,
     quality: Quality = 95,
     layout: LayoutOpt = OutputLayout.imagefolder,
     shard_size: ShardSize = 1000,
