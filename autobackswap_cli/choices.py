@@ -54,7 +54,7 @@ Backbone = choice("Backbone", {name: info.description for name, info in BACKBONE
 OutputFormat = choice("OutputFormat", {"same": "as the input", **{name: "" for name in encode_format_names()}})
 Executor = choice("Executor", {
     "local": "worker processes here",
-    "ray": "a Ray Data pipeline: a local Ray instance, or --ray-address; needs the ray extra: pip install 'autobackswap-cli\\[ray]'",
+    "ray": "a Ray Data pipeline: a local Ray instance, or --ray-address",
 })
 
 

@@ -83,7 +83,7 @@ _SHARED: dict[str, _Declared] = {
     "shard": _Declared(Optional[str], typer.Option("--shard", help="Process only shard K of N (0-based, e.g. 0/4). Default: from torchrun RANK/WORLD_SIZE or a SLURM array, else all."),
                        default=None, convert=resolve_shard),
     "files_from": _Declared(Optional[Path], typer.Option("--files-from", dir_okay=False, help="Take the images from this list (one path per line, relative to DATA) instead of scanning DATA: for datasets too big to scan.")),
-    "executor": _Declared(Executor, typer.Option("--executor", help=choice_help(Executor, "How the items run: ")), default=Executor.local),
+    "executor": _Declared(Executor, typer.Option("--executor", help=choice_help(Executor, "How the items run: ") + " Needs the ray extra: pip install 'autobackswap-cli\\[ray]'."), default=Executor.local),
     "ray_address": _Declared(Optional[str], typer.Option("--ray-address", help="--executor ray: the cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray instance.")),
     "gpus_per_worker": _Declared(float, typer.Option("--gpus-per-worker", help="--executor ray: GPUs each model actor asks for (e.g. 1; 0 = CPU).", **_range("gpus_per_worker"))),
     "overwrite": _Declared(bool, typer.Option("--overwrite", help="Redo items whose outputs already exist (default: skip them).")),
