@@ -28,7 +28,59 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """One image file format: how it is encoded (PIL's format name and save options, ``quality`` when it takes
+    ``--quality``), the file extensions the scanner reads as images of it, and whether ``--encode-format`` offers
+    it (the others are read, and written only as ``same``)."""
+
+    encoder: str
+    extensions: tuple[str, ...]  # lower case, with the dot
+    options: tuple[tuple[str, object], ...] = ()  # default save options
+    quality: bool = False
+    offered: bool = True
+    help: str = ""
+
+    def save_options(self, quality: int) -> dict:
+        """The options PIL saves it with."""
+        return {**dict(self.options), **({"quality": quality} if self.quality else {})}
+
+
+# THE registry of image formats: name -> format. What a step writes, what the scanner reads (IMAGE_EXTENSIONS)
+# and the choices of --encode-format (choices.OutputFormat) all come from here; a new format is one entry.
+IMAGE_FORMATS: dict[str, ImageFormat] = {
+    "png": ImageFormat("PNG", (".png",), (("compress_level", 6),), help="lossless"),
+    "jpg": ImageFormat("JPEG", (".jpg", ".jpeg"), quality=True, help="lossy, --quality"),
+    "webp": ImageFormat("WEBP", (".webp",), quality=True, help="lossy, --quality"),
+    "bmp": ImageFormat("BMP", (".bmp",), offered=False),
+    "tif": ImageFormat("TIFF", (".tif", ".tiff"), offered=False),
+}
+_BY_EXTENSION = {ext: fmt for fmt in IMAGE_FORMATS.values() for ext in fmt.extensions}
+IMAGE_EXTENSIONS = frozenset(_BY_EXTENSION)
+
+
+def image_format(suffix: str) -> ImageFormat:
+    """The format of a file suffix (``.jpg``, ``JPEG``, ``png``; any case); ValueError for one that is not in
+    ``IMAGE_FORMATS``."""
+    fmt = _BY_EXTENSION.get("." + suffix.lower().lstrip("."))
+    if fmt is None:
+        raise ValueError(f"unsupported output format: {suffix.lower().lstrip('.')}")
+    return fmt
+
+
+def encode_format_names() -> tuple[str, ...]:
+    """What ``--encode-format`` offers besides ``same``: every extension of each offered format (jpg and jpeg)."""
+    return tuple(ext.lstrip(".") for fmt in IMAGE_FORMATS.values() if fmt.offered for ext in fmt.extensions)
+
+
+def encode_format_help() -> str:
+    """``--encode-format``'s help, from the registry."""
+    names = [f"{'/'.join(e.lstrip('.') for e in fmt.extensions)}" + (f" ({fmt.help})" if fmt.help else "")
+             for fmt in IMAGE_FORMATS.values() if fmt.offered]
+    return "The encoding of the images written: same (as the input), " + ", ".join(names) + "."
+
+
 # Temporary files carry this prefix so a later run can recognise and remove
 # leftovers of a process that was killed with SIGKILL mid-write.
 TEMP_PREFIX = ".abs-tmp-"
@@ -392,19 +444,11 @@ def atomic_file(path: Path | str, mode: str = "wb", **open_args) -> Iterator[IO]
 
 
 def encode_image(array: np.ndarray, fmt: str, quality: int = 95) -> bytes:
-    """Encode an RGB (HxWx3) or gray (HxW) uint8 array; fmt is a suffix like '.png'."""
-    fmt = fmt.lower().lstrip(".")
-    pil_format = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}
-    if fmt not in pil_format:
-        raise ValueError(f"unsupported output format: {fmt}")
+    """Encode an RGB (HxWx3) or gray (HxW) uint8 array; fmt is a suffix like '.png' (see ``IMAGE_FORMATS``)."""
+    image_fmt = image_format(fmt)
     img = Image.fromarray(np.ascontiguousarray(array))
     buf = io.BytesIO()
-    kwargs: dict = {}
-    if pil_format[fmt] in ("JPEG", "WEBP"):
-        kwargs["quality"] = quality
-    if pil_format[fmt] == "PNG":
-        kwargs["compress_level"] = 6
-    img.save(buf, format=pil_format[fmt], **kwargs)
+    img.save(buf, format=image_fmt.encoder, **image_fmt.save_options(quality))
     return buf.getvalue()
 
 

@@ -9,59 +9,43 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from .compose import ComposeOptions, compose_step
 from .descriptions import check_options
-from .engine import (DatasetLayout, RunOptions, RunReport, StepError, build_record, console, prepare_items, print_summary, record_path,
+from .engine import (CommonOptions, DatasetLayout, RunReport, StepError, build_record, console, prepare_items, print_summary, record_path,
                      run_step, status_of, using_layout, write_run_record)
 from .inpaint import InpaintOptions
+from .parsing import plain
 from .inpaint.step import FillRegion, InpaintStep
 from .segmenter.predict import SegmentOptions, SegmentStep
 from .segmenter.train import TrainOptions, thresholds_line, train_segmenter
 
 
-# a `run` option -> the (section, field) pairs of PipelineOptions it sets
-RUN_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
-    "backbone": (("train", "backbone"),),
-    "pretrained": (("train", "pretrained"),),
-    "epochs": (("train", "epochs"),),
-    "refine": (("segment", "refine"),),
-    "precision": (("segment", "precision"), ("inpaint", "precision")),
-    "method": (("inpaint", "method"),),
-    "model": (("inpaint", "model"),),
-    "loose": (("region", "loose"),),
-    "tight": (("compose", "tight"),),
-    "per_image": (("compose", "per_image"),),
-    "bg_from": (("compose", "bg_from"),),
-    "out_format": (("compose", "out_format"),),
-    "quality": (("compose", "quality"),),
-    "layout": (("compose", "layout"),),
-    "shard_size": (("compose", "shard_size"),),
-    "device": (("train", "device"), ("segment", "device"), ("inpaint", "device")),
-    "seed": (("train", "seed"), ("inpaint", "seed"), ("compose", "seed")),
-    "workers": (("run", "workers"),),
-    "batch_size": (("run", "batch_size"),),
-    "overwrite": (("run", "overwrite"),),
-    "fail_fast": (("run", "fail_fast"),),
-    **{name: (("layout", name),) for name in ("class_level", "metadata", "split", "class_names", "group_names", "path_column",
-                                              "class_column", "group_column", "split_column", "id_column")},
-}
 SECTIONS = ("train", "segment", "inpaint", "region", "compose", "layout")  # replayed from a record; `run` (shard, ...) is not
-
-
+# the step options `run` offers besides the shared ones (engine.CommonOptions) and the layout's (engine.DatasetLayout)
+RUN_STEP_OPTIONS = ("backbone", "pretrained", "epochs", "refine", "method", "model", "loose", "tight", "per_image", "bg_from",
+                    "out_format", "quality", "layout", "shard_size")
+# fields that a `run` option of their name leaves alone: the segmenter trains at its own batch size (the shared
+# --batch-size is the item steps'), and --preview is the composites' grid, not segment's
+NOT_FROM_RUN = {("train", "batch_size"), ("segment", "preview")}
+# the options a record never replays: this invocation's shard (from --shard or the launcher's environment)
+NOT_REPLAYED = ("shard",)
 @dataclass
 class PipelineOptions:
+    """Every option of ``run``, by section: each step's options, the data layout, and the shared options (``run``:
+    the engine's for every item step, the preview of the composites, the list of images)."""
+
     train: TrainOptions = field(default_factory=TrainOptions)
     segment: SegmentOptions = field(default_factory=SegmentOptions)
     inpaint: InpaintOptions = field(default_factory=InpaintOptions)
     region: FillRegion = field(default_factory=FillRegion)
     compose: ComposeOptions = field(default_factory=ComposeOptions)
     layout: DatasetLayout = field(default_factory=DatasetLayout)  # where each image's class comes from
-    run: RunOptions = field(default_factory=RunOptions)
-    preview: str | None = None  # a PNG grid of composites
+    run: CommonOptions = field(default_factory=CommonOptions)
 
     def with_flags(self, flags: Mapping[str, Any]) -> "PipelineOptions":
         """A copy with ``run``'s options (names of RUN_FLAGS) set where they are given."""
@@ -103,12 +87,39 @@ class PipelineOptions:
         return cls(**sections)
 
 
-def _choices() -> dict[str, dict[str, tuple]]:
-    from .choices import BackgroundsFrom, InpaintMethod, OutputFormat, OutputLayout, Precision, Refine
-    from .compose import VARIANTS
-    from .segmenter.model import BACKBONES
+def run_flags() -> dict[str, tuple[tuple[str, str], ...]]:
+    """``run``'s options -> the (section, field) pairs of ``PipelineOptions`` each sets: every field of that name
+    in every section (but ``NOT_FROM_RUN``). Derived from the options dataclasses, so a new shared option (a field of
+    ``CommonOptions``) or a new step option of ``RUN_STEP_OPTIONS`` reaches every section that has it."""
+    sections = typing.get_type_hints(PipelineOptions)
+    names = [*(f.name for f in fields(CommonOptions)), *RUN_STEP_OPTIONS, *(f.name for f in fields(DatasetLayout))]
+    return {name: tuple((section, name) for section, cls in sections.items()
+                        if name in {f.name for f in fields(cls)} and (section, name) not in NOT_FROM_RUN) for name in names}
 
-    return {"train": {"backbone": tuple(BACKBONES)},
+
+RUN_FLAGS = run_flags()
+
+
+def run_options(common: CommonOptions, layout: DatasetLayout, values: Mapping[str, Any], config: Path | None = None,
+                given: Collection[str] = ()) -> PipelineOptions:
+    """``run``'s options: the shared ones (``common``), the layout and the steps' (``values``: by the names of
+    ``RUN_STEP_OPTIONS``; Enums and paths as their values) set where ``RUN_FLAGS`` says, over the defaults, or, with
+    ``config``, over the options that run record holds: then only the options in ``given`` (those the command
+    line gave) and ``NOT_REPLAYED`` override it."""
+    flags = {name: plain(values[name]) for name in RUN_STEP_OPTIONS if name in values}
+    flags.update({f.name: getattr(common, f.name) for f in fields(CommonOptions)})
+    flags.update({f.name: getattr(layout, f.name) for f in fields(DatasetLayout)})
+    if config is None:
+        return PipelineOptions().with_flags(flags)
+    kept = {name: value for name, value in flags.items() if name in given or name in NOT_REPLAYED}
+    return PipelineOptions.from_record(config).with_flags(kept)
+
+
+def _choices() -> dict[str, dict[str, tuple]]:
+    from .choices import Backbone, BackgroundsFrom, InpaintMethod, OutputFormat, OutputLayout, Precision, Refine
+    from .compose import VARIANTS
+
+    return {"train": {"backbone": Backbone.values()},
             "segment": {"refine": Refine.values(), "precision": Precision.values()},
             "inpaint": {"method": InpaintMethod.values(), "precision": Precision.values()},
             "compose": {"bg_from": BackgroundsFrom.values(), "out_format": OutputFormat.values(), "layout": OutputLayout.values(),
@@ -116,16 +127,17 @@ def _choices() -> dict[str, dict[str, tuple]]:
 
 
 CONFIG_CHOICES = _choices()
-# the ranges the command line's options declare, for the values a --config file gives
-CONFIG_RANGES: dict[str, dict[str, tuple]] = {
-    "train": {"epochs": (1, None), "batch_size": (1, None), "patience": (1, None), "image_size": (8, 4096), "val_fraction": (0.0, 0.9),
-              "lr": (0.0, None), "max_shift": (0, None)},
-    "inpaint": {"steps": (1, None), "resolution": (8, 4096), "margin": (0.0, None), "radius": (1, None)},
-    "region": {"loose": (0.0, 1.0), "dilate": (0, None)},
-    "compose": {"tight": (0.0, 1.0), "feather": (0.0, None), "per_image": (1, None), "quality": (1, 100), "shard_size": (1, None),
-                "rotate": (0.0, None), "translate": (0, None)},
-    "layout": {"class_level": (1, None)},
-}
+
+
+def _ranges() -> dict[str, dict[str, tuple]]:
+    from .choices import value_range
+
+    sections = typing.get_type_hints(PipelineOptions)
+    return {name: {f.name: value_range(f.name, name) for f in fields(sections[name]) if value_range(f.name, name)} for name in SECTIONS}
+
+
+# the ranges the command line's options declare (choices.RANGES), for the values a --config file gives
+CONFIG_RANGES: dict[str, dict[str, tuple]] = _ranges()
 
 
 def work_paths(work: Path) -> dict[str, Path]:
@@ -150,7 +162,8 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
 def _run_steps(data: Path, labels: Path, work: Path, options: PipelineOptions) -> list[RunReport]:
     t0 = time.perf_counter()
     paths = work_paths(work)
-    items, warnings = prepare_items(data, Path(work), other_inputs=[labels], output_files=[("--preview", options.preview)])
+    items, warnings = prepare_items(data, Path(work), other_inputs=[labels], files_from=options.run.files_from,
+                                    output_files=[("--preview", options.run.preview)])
     Path(work).mkdir(parents=True, exist_ok=True)
     if options.run.shard.count > 1 and not paths["segmenter"].exists():
         raise StepError(
@@ -172,7 +185,7 @@ def _run_steps(data: Path, labels: Path, work: Path, options: PipelineOptions) -
     reports.append(run_step(InpaintStep(paths["masks"], paths["backgrounds"], options.inpaint, options.region), items, options.run, warnings))
     print_summary(reports[-1])
     console.print("[bold]4/4 compose[/]")
-    compose = compose_step(paths["masks"], paths["backgrounds"], paths["composites"], options.compose, preview=options.preview)
+    compose = compose_step(paths["masks"], paths["backgrounds"], paths["composites"], options.compose, preview=options.run.preview)
     reports.append(run_step(compose, items, options.run, warnings))
     print_summary(reports[-1])
     failed = sum(r.failed for r in reports)

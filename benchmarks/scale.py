@@ -146,7 +146,7 @@ def compose_end_to_end(images: int, formats: list[str]) -> list[dict]:
     for fmt in formats:
         out = root / f"composites-{fmt}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        extra = ["--output-format", "webdataset", "--shard-size", "1000"] if fmt == "webdataset" else []
+        extra = ["--output-layout", "webdataset", "--shard-size", "1000"] if fmt == "webdataset" else []
         command = [sys.executable, "-m", "autobackswap_cli", "compose", str(root / "train"), str(root / "masks/train"),
                    str(root / "backgrounds/train"), "-o", str(out), "--per-image", "3", "--no-progress", *extra]
         t0 = time.perf_counter()

@@ -19,7 +19,7 @@ def test_inpaint_methods_are_the_registry():
     (("segment", "--precision", "fp8"), "bf16"),
     (("segment", "--refine", "sharp"), "grabcut"),
     (("compose", "--bg-from", "elsewhere"), "next-class"),
-    (("compose", "--format", "tiff"), "webp"),
+    (("compose", "--encode-format", "tiff"), "webp"),
 ])
 def test_a_value_outside_the_choices_is_refused_before_any_work(small_sample, tmp_path, args, shown):
     step, *option = args

@@ -34,7 +34,7 @@ def _compose(sample: Path, out: Path, *extra: str, expect: int = 0):
 
 def test_composite_is_foreground_where_alpha_is_one_and_background_where_zero(small_sample, tmp_path):
     out = tmp_path / "out"
-    _compose(small_sample, out, "--format", "png", "--per-image", "2")
+    _compose(small_sample, out, "--encode-format", "png", "--per-image", "2")
     rows = _manifest(out)
     assert len(rows) == 48 and _outputs(out) == {r["output"] for r in rows}
     for row in rows:
@@ -87,7 +87,7 @@ def test_same_seed_gives_byte_identical_outputs(small_sample, tmp_path):
 
 def test_jittered_foreground_stays_inside_the_frame(tmp_path):
     generate(tmp_path / "s", SampleSpec(seed=9, size=64, train_per_class=4, test_per_group=1, labelled=0))
-    _compose(tmp_path / "s", tmp_path / "out", "--scale", "1.3,1.5", "--translate", "40", "--format", "png", "--feather", "0")
+    _compose(tmp_path / "s", tmp_path / "out", "--scale", "1.3,1.5", "--translate", "40", "--encode-format", "png", "--feather", "0")
     for row in _manifest(tmp_path / "out"):
         fg_mask = read_mask(tmp_path / "s/masks/train" / Path(row["foreground"]).with_suffix(".png")) >= 0.5
         comp = read_image(tmp_path / "out" / row["output"])
@@ -98,7 +98,7 @@ def test_jittered_foreground_stays_inside_the_frame(tmp_path):
 
 
 def test_only_fg_and_only_bg_variants(small_sample, tmp_path):
-    _compose(small_sample, tmp_path / "fg", "--only-fg", "--fill", "0,255,0", "--format", "png", "--include-originals")
+    _compose(small_sample, tmp_path / "fg", "--only-fg", "--fill", "0,255,0", "--encode-format", "png", "--include-originals")
     rows = _manifest(tmp_path / "fg")
     assert len(rows) == 24 and all(r["output"].endswith("__only-fg.png") for r in rows)
     row = rows[0]
@@ -106,7 +106,7 @@ def test_only_fg_and_only_bg_variants(small_sample, tmp_path):
     alpha = foreground_alpha(read_mask(small_sample / "masks/train" / Path(row["foreground"]).with_suffix(".png")))
     assert (comp[alpha == 0] == [0, 255, 0]).all()
     assert (tmp_path / "fg" / row["foreground"]).read_bytes() == (small_sample / "train" / row["foreground"]).read_bytes()
-    _compose(small_sample, tmp_path / "bg", "--only-bg", "--format", "png")
+    _compose(small_sample, tmp_path / "bg", "--only-bg", "--encode-format", "png")
     row = _manifest(tmp_path / "bg")[0]
     assert row["background"] == row["foreground"]
     assert np.array_equal(read_image(tmp_path / "bg" / row["output"]), read_image(small_sample / "backgrounds/train" / row["foreground"]))
@@ -160,7 +160,7 @@ def test_an_image_with_no_foreground_is_counted_and_listed_not_failed(small_samp
 
 def test_killed_compose_resumes_without_partial_files_and_a_full_manifest(tmp_path):
     generate(tmp_path / "s", SampleSpec(seed=2, size=256, train_per_class=40, test_per_group=1, labelled=0))
-    args = ["compose", tmp_path / "s/train", tmp_path / "s/masks/train", tmp_path / "s/backgrounds/train", "-o", tmp_path / "out", "--per-image", "3", "--workers", "1", "--no-progress", "--format", "png"]
+    args = ["compose", tmp_path / "s/train", tmp_path / "s/masks/train", tmp_path / "s/backgrounds/train", "-o", tmp_path / "out", "--per-image", "3", "--workers", "1", "--no-progress", "--encode-format", "png"]
     proc = cli_background(*args)
     wait_until(proc, lambda: len(list((tmp_path / "out").rglob("*.png"))) >= 30)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -255,7 +255,7 @@ def test_names_that_are_not_utf8_round_trip_through_compose_and_its_manifest(sma
     for layout in ("imagefolder", "webdataset"):
         out = tmp_path / layout
         cli("compose", data / "train", data / "masks/train", data / "backgrounds/train", "-o", out, "--per-image", 2,
-            "--output-format", layout, "--no-progress")
+            "--output-layout", layout, "--no-progress")
         if layout == "imagefolder":
             with open(out / "manifest.csv", newline="", encoding="utf-8", errors="surrogateescape") as fh:
                 rows = list(csv.DictReader(fh))

@@ -386,7 +386,7 @@ def test_every_output_file_gets_the_mode_of_the_users_umask(small_sample, tiny_c
     with _umask(mask):
         runs = [
             ("segment", s / "train", "-m", tiny_checkpoint, "-o", tmp_path / "masks", "--refine", "none", "--preview", tmp_path / "seg.png"),
-            ("compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "tars", "--output-format", "webdataset"),
+            ("compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "tars", "--output-layout", "webdataset"),
             ("compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", tmp_path / "out", "--preview", tmp_path / "comp.png"),
             ("train-classifier", s / "train", "-o", tmp_path / "clf.safetensors", "--epochs", "1", "--image-size", "16", "--no-progress"),
         ]

@@ -63,7 +63,7 @@ def test_default_fill_is_close_to_the_true_background(small_sample, tmp_path):
 def test_pyramid_texture_option_changes_only_the_hole(small_sample, tmp_path):
     for name, texture in (("bg", "auto"), ("flat", "off")):
         cli("inpaint", small_sample / "test", small_sample / "masks/test", "-o", tmp_path / name, "--method", "pyramid", "--texture", texture,
-            "--format", "png", "--no-progress", "--workers", "0")
+            "--encode-format", "png", "--no-progress", "--workers", "0")
     assert run_record(tmp_path / "bg")["options"]["texture"] == "auto"
     changed = 0
     for path in (tmp_path / "bg").rglob("*.png"):
@@ -206,6 +206,6 @@ def test_writing_into_the_masks_folder_is_refused_and_the_masks_survive(small_sa
     masks = tmp_path / "masks"
     shutil.copytree(small_sample / "masks/test", masks)
     before = {p: p.read_bytes() for p in masks.rglob("*.png")}
-    result = cli("inpaint", small_sample / "test", masks, "-o", masks, "--format", "png", "--overwrite", "--no-progress", expect=2)
+    result = cli("inpaint", small_sample / "test", masks, "-o", masks, "--encode-format", "png", "--overwrite", "--no-progress", expect=2)
     assert "is the input folder" in " ".join(result.output.split())
     assert {p: p.read_bytes() for p in masks.rglob("*.png")} == before

@@ -72,7 +72,7 @@ def test_config_replays_a_runs_options_and_the_command_line_overrides_them(small
     assert len(_manifest(second / "composites")) == 24 and len(_manifest(first / "composites")) == 48
     third = tmp_path / "third"  # the same run, its composites as tar shards
     cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", third, "--config", first / "autobackswap.json",
-        "--no-progress", "--workers", "0", "--output-format", "webdataset", "--shard-size", "10")
+        "--no-progress", "--workers", "0", "--output-layout", "webdataset", "--shard-size", "10")
     assert json.loads((third / "composites" / "index.json").read_text())["nsamples"] == 48 and not list((third / "composites").rglob("*.jpg"))
     (tmp_path / "bad.json").write_text('{"step": "run", "options": {"inpaint": {"colour": 1}}}')
     result = cli("run", small_sample / "train", "--labels", small_sample / "labels", "-o", tmp_path / "x", "--config", tmp_path / "bad.json", expect=2)

@@ -1,4 +1,4 @@
-"""compose --output-format webdataset: tar shards that loaders read back, an index with sizes and checksums,
+"""compose --output-layout webdataset: tar shards that loaders read back, an index with sizes and checksums,
 byte-identical per seed, resumable at shard granularity."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from conftest import cli, cli_background, cli_subprocess, run_record, wait_until
 
 def _compose(sample: Path, out: Path, *extra, expect: int = 0):
     return cli("compose", sample / "train", sample / "masks/train", sample / "backgrounds/train", "-o", out, "--per-image", 2,
-               "--output-format", "webdataset", "--shard-size", 10, "--no-progress", *extra, expect=expect)
+               "--output-layout", "webdataset", "--shard-size", 10, "--no-progress", *extra, expect=expect)
 
 
 def test_tar_shards_hold_every_composite_with_its_class_and_manifest_row(small_sample, tmp_path):
@@ -76,7 +76,7 @@ def test_a_killed_run_resumes_at_shard_granularity(tmp_path):
 
     def command(out: Path) -> list:
         return ["compose", s / "train", s / "masks/train", s / "backgrounds/train", "-o", out, "--per-image", 3,
-                "--output-format", "webdataset", "--shard-size", 30, "--workers", 1, "--no-progress"]
+                "--output-layout", "webdataset", "--shard-size", 30, "--workers", 1, "--no-progress"]
 
     proc = cli_background(*command(tmp_path / "out"))
     wait_until(proc, lambda: len(list((tmp_path / "out").glob("shard-*.tar"))) >= 2)

@@ -1,6 +1,6 @@
 """compose's output layouts: how the composites the step makes are written, and what marks them finished.
 
-``OUTPUT_LAYOUTS`` (``--output-format``) names each one: its writer class and a line of help. A writer is built by
+``OUTPUT_LAYOUTS`` (``--output-layout``) names each one: its writer class and a line of help. A writer is built by
 the step with the step itself (``writer(step)``) and takes the step's output hooks: ``plan_items``,
 ``known_finished``, ``outputs``, ``write`` (in workers), ``collect`` and ``finish`` (main process) and
 ``recorded_results``.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .step import ComposeStep
 
 class ImageFiles:
-    """``--output-format imagefolder``: each composite an image file (and, with ``--include-originals``, the
+    """``--output-layout imagefolder``: each composite an image file (and, with ``--include-originals``, the
     original beside them); the step's manifest and journal say what is finished."""
 
     def __init__(self, step: ComposeStep):
@@ -88,7 +88,7 @@ def _spread_outputs(manifest: Path, count: int, wanted: int) -> list[str]:
 
 
 class TarShards:
-    """``--output-format webdataset``: the same composites, as samples in tar shards (see the module docstring)."""
+    """``--output-layout webdataset``: the same composites, as samples in tar shards (see the module docstring)."""
 
     def __init__(self, step: ComposeStep):
         self.step = step
@@ -182,7 +182,7 @@ class TarShards:
         return {"samples": self.step.manifest_count, "samples_this_run": self.samples}
 
 
-# --output-format NAME -> (writer class, help)
+# --output-layout NAME -> (writer class, help)
 OUTPUT_LAYOUTS = {
     "imagefolder": (ImageFiles, "image files under OUT/<class>/ and manifest.csv"),
     "webdataset": (TarShards, "tar shards OUT/shard-000000.tar (about --shard-size samples each) and index.json, for millions of images"),

@@ -44,7 +44,7 @@ class ComposeOptions:
         if self.per_image < 1:
             raise StepError("--per-image must be at least 1")
         if self.layout not in OUTPUT_LAYOUTS:
-            raise StepError(f"--output-format must be {' or '.join(OUTPUT_LAYOUTS)}; got {self.layout!r}")
+            raise StepError(f"--output-layout must be {' or '.join(OUTPUT_LAYOUTS)}; got {self.layout!r}")
         if self.layout == "webdataset" and self.include_originals:
             raise StepError("--include-originals is for ImageFolder output; a WebDataset loader can read DATA beside the tars")
         if self.shard_size < 1:

@@ -231,7 +231,7 @@ class ComposeStep(Step):
 
 
 class TarComposeStep(ComposeStep):
-    """``compose --output-format webdataset``, by its class: a compose step whose layout is always tar shards."""
+    """``compose --output-layout webdataset``, by its class: a compose step whose layout is always tar shards."""
 
     output_layout = "webdataset"
 

@@ -4,9 +4,10 @@ Rooms (img2dataset style), one role each:
 
 * ``errors``   StepError (whole run, exit 2), FailFast, the one-line reason of a failed item, NoForeground (an
   item left out, counted apart: no failure);
-* ``options``  RunOptions (workers, batch size, shard, overwrite), shards from --shard / torchrun / SLURM,
-  devices and precision;
+* ``options``  RunOptions (workers, batch size, shard, overwrite), CommonOptions (those and what the item steps
+  share: device, precision, seed, preview, files_from), shards from --shard / torchrun / SLURM, devices and precision;
 * ``layout``   the class rule (``DatasetLayout``: a folder level or a metadata table), the active one;
+* ``folder``   ``run_on_folder``: an item step's command (scan, check, run with the shared options);
 * ``scan``     the reader: ``prepare_items`` scans DATA; ``read_items`` reads items in the main process,
   collecting failures (trainers, evaluate);
 * ``step``     the step protocol: ``process`` or ``prepare``/``compute``, then ``write``, and the hooks around;
@@ -23,7 +24,7 @@ Steps never copy the loop: they subclass ``Step`` and call ``run_step``.
 
 from .errors import FailFast, NoForeground, StepError, failure_reason
 from .loop import run_step
-from .options import (PRECISIONS, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device, resolve_devices,
+from .options import (PRECISIONS, CommonOptions, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device, resolve_devices,
                       resolve_precision, resolve_shard, shard_from_env)
 from .progress import console, make_progress, print_summary
 from .report import RunReport
@@ -33,13 +34,14 @@ from .signals import Interrupted, as_interrupted, stop_on_signals
 from .layout import DatasetLayout, active_layout, metadata_table, using_layout
 from .scan import check_outputs, prepare_items, read_items, scan_dataset
 from .step import Step
+from .folder import run_on_folder
 
 __all__ = [
-    "FailFast", "NoForeground", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "RunOptions", "Shard",
+    "FailFast", "NoForeground", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "CommonOptions", "RunOptions", "Shard",
     "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_devices", "resolve_precision", "resolve_shard",
     "shard_from_env", "console", "make_progress", "print_summary", "PAPER_THRESHOLDS", "RUN_RECORD", "build_record",
     "mask_threshold", "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "check_outputs", "read_items", "Step",
-    "DatasetLayout", "active_layout", "metadata_table", "using_layout", "scan_dataset",
+    "DatasetLayout", "active_layout", "metadata_table", "using_layout", "scan_dataset", "run_on_folder",
 ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 from .errors import StepError
@@ -86,12 +86,36 @@ class RunOptions:
     gpus_per_worker: float = 0.0  # Ray: GPUs each model actor asks for
 
     def record(self) -> dict:
-        d = asdict(self)
+        """The engine's options as a run record holds them (a subclass's own fields are not the engine's)."""
+        d = {f.name: getattr(self, f.name) for f in fields(RunOptions)}
         d["shard"] = self.shard.label
         d.pop("progress")
         if self.executor == "local":
             d.pop("ray_address"), d.pop("gpus_per_worker")
         return d
+
+
+@dataclass
+class CommonOptions(RunOptions):
+    """The options the item steps share, declared once: the engine's (``RunOptions``: workers, batch size, shard,
+    overwrite, fail-fast, progress, executor and Ray) and those each step reads from its own options by the same
+    name (device, precision, seed, preview) or gives the scan (files_from). The command line declares each of them
+    once (``cli._SHARED``) and hands a command one object; a library caller builds one, passes it to ``run_step``
+    (it is the ``RunOptions``) and builds a step's options with ``into``. A command that takes only some of them
+    gets the defaults for the others."""
+
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, cuda:N,M,... or mps
+    precision: str = "auto"  # a model's arithmetic: auto (fp16 on CUDA, else fp32), fp32, fp16, bf16
+    seed: int = 0
+    preview: str | None = None  # a PNG grid of results
+    files_from: str | None = None  # the images listed in this file (paths under DATA) instead of a scan of DATA
+
+    def into(self, options_class: type, **values: Any) -> Any:
+        """An ``options_class`` (a step's or trainer's options dataclass) whose fields named like a shared option
+        take its value here, the rest ``values`` (which also override shared ones) or their defaults."""
+        mine = {f.name for f in fields(self)}
+        shared = {f.name: getattr(self, f.name) for f in fields(options_class) if f.name in mine}
+        return options_class(**{**shared, **values})
 
 
 def launcher_local_rank(env: Mapping[str, str] | None = None) -> int | None:

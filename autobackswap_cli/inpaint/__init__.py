@@ -1,38 +1,83 @@
 """Inpainting backends (a registry: one module per backend) and the ``inpaint`` step.
 
-Adding a backend is one module with an ``Inpainter`` subclass plus one line in
-``_BACKENDS``. Heavy backends are imported only when chosen.
+Adding a backend is one module with an ``Inpainter`` subclass plus one entry in ``BACKENDS`` (its module, class
+and help: the command line's ``--method`` choices and help come from here). Heavy backends are imported only
+when chosen.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ..engine import StepError
 from .base import InpaintOptions, Inpainter
 
-# method name -> "module:Class" (imported lazily, so `diffusers` is needed only when used)
-_BACKENDS = {
-    "texture": "texture:TextureInpainter",
-    "pyramid": "classical:PyramidInpainter",
-    "telea": "classical:TeleaInpainter",
-    "ns": "classical:NavierStokesInpainter",
-    "diffusers": "diffusers_backend:DiffusersInpainter",
-    "torchscript": "torchscript_backend:TorchScriptInpainter",
+
+@dataclass(frozen=True)
+class Backend:
+    target: str  # "module:Class" in this package, imported lazily (so `diffusers` is needed only when used)
+    help: str  # what --method's help says of it
+
+
+# THE registry of inpainting methods: name -> backend, in the order --method lists them (the first is the default)
+BACKENDS = {
+    "texture": Backend("texture:TextureInpainter", "offline, continues the background's texture"),
+    "pyramid": Backend("classical:PyramidInpainter", "smooth, fastest"),
+    "telea": Backend("classical:TeleaInpainter", "OpenCV's Telea"),
+    "ns": Backend("classical:NavierStokesInpainter", "OpenCV's Navier-Stokes"),
+    "diffusers": Backend("diffusers_backend:DiffusersInpainter", "a diffusers inpainting pipeline, --model"),
+    "torchscript": Backend("torchscript_backend:TorchScriptInpainter", "a LaMa-style TorchScript file, --model"),
 }
-METHODS = tuple(_BACKENDS)
+METHODS = tuple(BACKENDS)
+
+
+def method_help() -> str:
+    """``--method``'s help: every method with what it is, from the registry."""
+    return "inpaint: " + ", ".join(f"{name} ({backend.help})" for name, backend in BACKENDS.items()) + "."
 
 
 def make_inpainter(options: InpaintOptions) -> Inpainter:
     """The backend named by ``options.method``, constructed (models load later, in ``setup``)."""
-    if options.method not in _BACKENDS:
+    if options.method not in BACKENDS:
         raise StepError(f"--method must be one of {', '.join(METHODS)}; got {options.method!r}")
-    module_name, class_name = _BACKENDS[options.method].split(":")
+    module_name, class_name = BACKENDS[options.method].target.split(":")
     module = importlib.import_module(f"{__name__}.{module_name}")
     return getattr(module, class_name)(options)
 
 
-__all__ = ["InpaintOptions", "Inpainter", "METHODS", "make_inpainter", "texture_strength"]
+def inpaint_options(common=None, *, texture: str = "off", prompt: str | None = None, **values) -> InpaintOptions:
+    """``InpaintOptions`` from what a command line gave: a value left out (None, or an empty ``prompt``) keeps its
+    default, ``texture`` is ``--texture``'s text (off, auto or a number), and the shared options (seed, device,
+    precision) come from ``common`` (an ``engine.CommonOptions``)."""
+    given = {name: value for name, value in values.items() if value is not None}
+    if prompt:
+        given["prompt"] = prompt
+    options = common.into(InpaintOptions, **given) if common is not None else InpaintOptions(**given)
+    return replace(options, texture=texture_strength(texture))
+
+
+def model_input(options: InpaintOptions) -> Path | None:
+    """The local file or folder ``--model`` names (an input: nothing may be written there); None for a hub id."""
+    return Path(options.model) if options.model and Path(options.model).exists() else None
+
+
+def inpaint_folder(data: Path, masks: Path, out: Path, options: InpaintOptions, region, common, out_format: str = "same",
+                   quality: int = 95):
+    """``inpaint``: every image of DATA with its loose foreground (by MASKS, ``region``) filled, into OUT, through
+    the engine with the shared options ``common`` (an ``engine.CommonOptions``); returns the run report."""
+    from ..engine import run_on_folder
+    from .step import InpaintStep
+
+    def step():
+        return InpaintStep(masks, out, options, region, out_format=out_format, quality=quality, preview=common.preview)
+
+    return run_on_folder(data, out, step, common, other_inputs=[masks, model_input(options)])
+
+
+__all__ = ["BACKENDS", "Backend", "InpaintOptions", "Inpainter", "METHODS", "inpaint_folder", "inpaint_options", "make_inpainter", "method_help",
+           "model_input", "texture_strength"]
 
 
 def texture_strength(text: str) -> float:

@@ -1,16 +1,17 @@
 """The secondary network: a backbone from a registry plus a per-patch head on the P x P grid.
 
-Adding a backbone is one ``register`` call: a function that builds a feature
-extractor at stride ``stride`` (optionally loading ImageNet weights), and the
-input size per patch. Pretrained weights are opt-in and never downloaded
-silently: ``--pretrained`` goes through torchvision's cache (a download happens
-only if the network allows; otherwise a clear error), ``--weights FILE`` loads a
-local state dict.
+Adding a backbone is an entry in ``backbones.py`` (its name, description, stride
+and training defaults: the command line's choices and help) and one ``register``
+call here: a function that builds the network and how to cut it to a feature
+extractor at that stride (or a whole segmenter of its own). Pretrained weights are
+opt-in and never downloaded silently: ``--pretrained`` goes through torchvision's
+cache (a download happens only if the network allows; otherwise a clear error),
+``--weights FILE`` loads a local state dict.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -23,35 +24,35 @@ from ..descriptions import check_segmenter
 from ..model_files import (SAFETENSORS, TORCH_ZIP, check_shapes, file_kind, is_torchscript, read_header, read_legacy_checkpoint,
                            read_state_dict, read_tensors, save_model)
 from ..nets import IMAGENET_MEAN, IMAGENET_STD
+from .backbones import BACKBONE_INFO, BackboneInfo
 
 CHECKPOINT_FORMAT = "autobackswap-segmenter"
 CHECKPOINT_VERSION = 2  # 2: safetensors + JSON description; 1: torch.save (still read)
 
 
 @dataclass(frozen=True)
-class Backbone:
-    name: str
-    build: Callable[[], nn.Module] | None  # the full torchvision model (or our own), random init
-    truncate: Callable[[nn.Module], nn.Module] | None  # full model -> feature extractor at `stride`
-    stride: int  # input pixels per patch at the default input size
-    torchvision_name: str | None  # for torchvision's weight registry; None = our own, no pretrained weights
-    description: str
+class Backbone(BackboneInfo):
+    """A name of ``backbones.py`` with its network: a torchvision model (or our own) and how to cut it to a
+    feature extractor, or a whole segmenter of its own."""
+
+    build: Callable[[], nn.Module] | None = None  # the full torchvision model (or our own), random init
+    truncate: Callable[[nn.Module], nn.Module] | None = None  # full model -> feature extractor at `stride`
     # A whole segmenter of its own (grid, with its shipped weights?) -> model, for a backbone that is not a plain
     # feature extractor under the patch head (u2netp: pixel logits); build/truncate are then None.
     segmenter: Callable[[int, bool], nn.Module] | None = None
-    # Training defaults (train-segmenter's --epochs / --lr / --patience when not given), chosen per backbone on
-    # benchmarks/real_photos.py: a frozen encoder's small head wants more, faster epochs than a whole network.
-    epochs: int = 40
-    lr: float = 2e-3
-    patience: int = 10
-    heavy: bool = False  # its forward pass is most of segment's work (Step.compute_bound)
 
 
 BACKBONES: dict[str, Backbone] = {}
 
 
-def register(backbone: Backbone) -> None:
-    BACKBONES[backbone.name] = backbone
+def register(name: str, build: Callable[[], nn.Module] | None = None, truncate: Callable[[nn.Module], nn.Module] | None = None,
+             segmenter: Callable[[int, bool], nn.Module] | None = None) -> None:
+    """The network of backbone ``name`` (named, described and given its defaults in ``backbones.BACKBONE_INFO``)."""
+    if name not in BACKBONE_INFO:
+        raise ValueError(f"backbone {name!r} is not in segmenter/backbones.py's BACKBONE_INFO; add it there first")
+    info = BACKBONE_INFO[name]
+    BACKBONES[name] = Backbone(**{f.name: getattr(info, f.name) for f in fields(BackboneInfo)}, build=build, truncate=truncate,
+                               segmenter=segmenter)
 
 
 def backbone_spec(name: str) -> Backbone:
@@ -165,15 +166,14 @@ class SalientSegmenter(nn.Module):
         return self.decode(*self.encode(x), x)
 
 
-DEFAULT_BACKBONE = "u2netp"
-register(Backbone("u2netp", None, None, 10, None,
-                  "U^2-Net-p's pixel-accurate saliency (weights shipped with the package), corrected by the labels (default)",
-                  segmenter=lambda grid, shipped: SalientSegmenter(grid, shipped), epochs=80, lr=4e-3, patience=20, heavy=True))
-register(Backbone("small-cnn", SmallCNN, lambda m: m, 8, None, "small CNN from scratch, patch resolution (CPU friendly)"))
-register(Backbone("efficientnet_b0", _tv("efficientnet_b0"), lambda m: m.features[:6], 16, "efficientnet_b0", "EfficientNet-B0 (the paper's choice)"))
-register(Backbone("resnet18", _tv("resnet18"), _resnet_trunk, 16, "resnet18", "ResNet-18"))
-register(Backbone("resnet50", _tv("resnet50"), _resnet_trunk, 16, "resnet50", "ResNet-50"))
-register(Backbone("mobilenet_v3_large", _tv("mobilenet_v3_large"), lambda m: m.features[:13], 16, "mobilenet_v3_large", "MobileNetV3-Large"))
+register("u2netp", segmenter=lambda grid, shipped: SalientSegmenter(grid, shipped))
+register("small-cnn", SmallCNN, lambda m: m)
+register("efficientnet_b0", _tv("efficientnet_b0"), lambda m: m.features[:6])
+register("resnet18", _tv("resnet18"), _resnet_trunk)
+register("resnet50", _tv("resnet50"), _resnet_trunk)
+register("mobilenet_v3_large", _tv("mobilenet_v3_large"), lambda m: m.features[:13])
+if set(BACKBONES) != set(BACKBONE_INFO):  # pragma: no cover - a name in backbones.py without its network here
+    raise ImportError(f"backbones without a network in segmenter/model.py: {', '.join(sorted(set(BACKBONE_INFO) - set(BACKBONES)))}")
 
 
 class PatchSegmenter(nn.Module):

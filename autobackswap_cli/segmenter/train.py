@@ -24,7 +24,8 @@ from ..images import read_image
 from ..label_format import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
 from .calibrate import calibrate_thresholds
 from ..nets import imagenet_normalise
-from .model import DEFAULT_BACKBONE, backbone_spec, build_segmenter, default_image_size, save_checkpoint
+from .backbones import DEFAULT_BACKBONE
+from .model import backbone_spec, build_segmenter, default_image_size, save_checkpoint
 from .refine import REFINE_METHODS, refined_mask
 
 
@@ -330,6 +331,8 @@ def with_backbone_defaults(opts: TrainOptions) -> TrainOptions:
 def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: TrainOptions, progress: bool = True) -> TrainResult:
     """Train on every labelled image of DATA and save the checkpoint to ``out_path`` (and its run record beside)."""
     t0 = time.perf_counter()
+    if opts.pretrained and opts.weights:
+        raise StepError("use either --pretrained or --weights FILE, not both")
     labels_dir = Path(labels_dir)
     if not labels_dir.is_dir():
         raise StepError(f"labels folder not found: {labels_dir}")
