@@ -32,7 +32,6 @@ from .engine import (CommonOptions, DatasetLayout, FailFast, StepError, as_inter
                      resolve_shard, stop_on_signals, using_layout)
 from .engine.progress import log_json_to
 from .images import encode_format_help
-from .inpaint import method_help
 from .parsing import plain
 from .segmenter.backbones import DEFAULT_BACKBONE, backbone_help, default_help
 
@@ -119,7 +118,7 @@ BackboneOpt = Annotated[Backbone, typer.Option("--backbone", help=backbone_help(
 Pretrained = Annotated[bool, typer.Option("--pretrained", help="Segmenter: start from torchvision's ImageNet weights (its cache, or a download).")]
 SegmenterEpochs = Annotated[Optional[int], typer.Option("--epochs", help=f"Most segmenter training epochs (early stopping may end sooner). Default: the backbone's ({default_help('epochs')}).", show_default=False, **_range("epochs"))]
 RefineOpt = Annotated[Refine, typer.Option("--refine", help=choice_help(Refine, "segment: snap mask edges to the image: "))]
-MethodOpt = Annotated[InpaintMethod, typer.Option("--method", help=method_help())]
+MethodOpt = Annotated[InpaintMethod, typer.Option("--method", help=choice_help(InpaintMethod, "inpaint: "))]
 InpaintModel = Annotated[Optional[str], typer.Option("--model", help="inpaint: diffusers hub id or local pipeline folder; torchscript: model file (e.g. big-lama.pt).")]
 Loose = Annotated[Optional[float], typer.Option("--loose", help="inpaint: fill where P(foreground) is at least this (the loose mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.1.", show_default=False, **_range("loose"))]
 Tight = Annotated[Optional[float], typer.Option("--tight", help="compose: the foreground is where P(fg) is at least this (the tight mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.5.", show_default=False, **_range("tight"))]

@@ -34,6 +34,8 @@ RUN_STEP_OPTIONS = ("backbone", "pretrained", "epochs", "refine", "method", "mod
 NOT_FROM_RUN = {("train", "batch_size"), ("segment", "preview")}
 # the options a record never replays: this invocation's shard (from --shard or the launcher's environment)
 NOT_REPLAYED = ("shard",)
+
+
 @dataclass
 class PipelineOptions:
     """Every option of ``run``, by section: each step's options, the data layout, and the shared options (``run``:
@@ -133,7 +135,8 @@ def _ranges() -> dict[str, dict[str, tuple]]:
     from .choices import value_range
 
     sections = typing.get_type_hints(PipelineOptions)
-    return {name: {f.name: value_range(f.name, name) for f in fields(sections[name]) if value_range(f.name, name)} for name in SECTIONS}
+    ranges = {name: {f.name: value_range(f.name, name) for f in fields(sections[name])} for name in SECTIONS}
+    return {name: {field: r for field, r in section.items() if r} for name, section in ranges.items()}
 
 
 # the ranges the command line's options declare (choices.RANGES), for the values a --config file gives

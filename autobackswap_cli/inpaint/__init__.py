@@ -33,11 +33,6 @@ BACKENDS = {
 METHODS = tuple(BACKENDS)
 
 
-def method_help() -> str:
-    """``--method``'s help: every method with what it is, from the registry."""
-    return "inpaint: " + ", ".join(f"{name} ({backend.help})" for name, backend in BACKENDS.items()) + "."
-
-
 def make_inpainter(options: InpaintOptions) -> Inpainter:
     """The backend named by ``options.method``, constructed (models load later, in ``setup``)."""
     if options.method not in BACKENDS:
@@ -76,7 +71,7 @@ def inpaint_folder(data: Path, masks: Path, out: Path, options: InpaintOptions, 
     return run_on_folder(data, out, step, common, other_inputs=[masks, model_input(options)])
 
 
-__all__ = ["BACKENDS", "Backend", "InpaintOptions", "Inpainter", "METHODS", "inpaint_folder", "inpaint_options", "make_inpainter", "method_help",
+__all__ = ["BACKENDS", "Backend", "InpaintOptions", "Inpainter", "METHODS", "inpaint_folder", "inpaint_options", "make_inpainter",
            "model_input", "texture_strength"]
 
 
