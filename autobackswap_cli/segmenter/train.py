@@ -251,6 +251,8 @@ def _encode_all(model, x: torch.Tensor, device, mirrored: bool, progress: bool) 
     model.eval()
     encoder = copy.deepcopy(model)  # the model being trained keeps its own BatchNorm layers
     encoder.saliency = optimize_for_inference(encoder.saliency)
+    if getattr(encoder, "semantic", False):
+        encoder.semantics = optimize_for_inference(encoder.semantics)
     out = {}
     with make_progress(enabled=progress) as bar:
         flips = (False, True) if mirrored else (False,)
