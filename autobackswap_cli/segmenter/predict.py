@@ -77,8 +77,8 @@ class PatchPredictor:
         second = self.model_input(image, self.second_look_size) if self.second_look_size else None
         return self.model_input(image), second
 
-    def predict(self, inputs: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[list[np.ndarray], int]:
-        """(foreground probabilities per image, how many images were looked at twice) for ``model_inputs`` pairs.
+    def predict(self, inputs: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[list[np.ndarray], list[bool]]:
+        """(foreground probabilities per image, whether each was looked at twice) for ``model_inputs`` pairs.
         An image where the first look finds foreground in less than ``second_look`` of its pixels takes the
         second look's probabilities (at twice the input size) instead."""
         probs = list(self([first for first, _ in inputs]))
@@ -88,7 +88,7 @@ class PatchPredictor:
             # cost each batch about as much as its whole first look.
             for i, p in zip(again, self([inputs[i][1] for i in again], chunk=self.second_look_chunk)):
                 probs[i] = p
-        return probs, len(again)
+        return probs, [i in again for i in range(len(probs))]
 
     def load(self) -> None:
         """Load the model onto the device, in the precision ``--precision`` means there (main process)."""
@@ -148,7 +148,7 @@ class SegmentStep(Step):
         if options.truth is not None and not Path(options.truth).is_dir():
             raise StepError(f"--truth: ground-truth mask folder not found: {options.truth}")
         self.predictor = PatchPredictor(checkpoint, options.device, options.precision, options.second_look)
-        self.second_looks = 0  # images looked at twice (SECOND_LOOK_BELOW)
+        self.second_looks = 0  # images looked at twice (SECOND_LOOK_BELOW), counted in the main process by collect
         from .model import BACKBONES
 
         self.compute_bound = BACKBONES[self.predictor.backbone].heavy
@@ -196,15 +196,20 @@ class SegmentStep(Step):
     def compute(self, batch: list[tuple[tuple[np.ndarray, np.ndarray | None], Any]]) -> list[tuple[np.ndarray, Any]]:
         """Main process: foreground probabilities for a batch; what ``prepare`` passed along goes on to ``write``."""
         probs, looked_twice = self.predictor.predict([b[0] for b in batch])
-        self.second_looks += looked_twice
-        return [(p, b[1]) for p, b in zip(probs, batch)]
+        return [(p, (b[1], twice)) for p, b, twice in zip(probs, batch, looked_twice)]
 
-    def write(self, item: ImageItem, result: tuple[np.ndarray, tuple[tuple[int, int], np.ndarray | None]]) -> None:
-        probs, ((h, w), guide) = result
+    def write(self, item: ImageItem, result: tuple[np.ndarray, tuple[tuple[tuple[int, int], np.ndarray | None], bool]]) -> bool:
+        """Worker: upsample, refine and write the mask; returns whether the model looked at the image twice."""
+        probs, (((h, w), guide), looked_twice) = result
         soft = upsample_probabilities(probs, h, w)
         if guide is not None:
             soft = refine_mask(guide, soft, self.options.refine, cell=max(h, w) / self.predictor.grid)
         write_mask_atomic(mirror_path(self.out_dir, item.rel, ".png"), soft)
+        return looked_twice
+
+    def collect(self, item: ImageItem, looked_twice: bool) -> None:
+        # Here, not in compute: with --executor ray or one replica per GPU, compute runs on copies of this step.
+        self.second_looks += bool(looked_twice)
 
     def recorded_options(self) -> dict:
         p = self.predictor
@@ -221,8 +226,7 @@ class SegmentStep(Step):
         }
 
     def recorded_results(self) -> dict:
-        looked = sum(r.second_looks for r in self._replicas) if self._replicas else self.second_looks
-        results = {"second_looks": looked} if self.predictor.second_look_size else {}
+        results = {"second_looks": self.second_looks} if self.predictor.second_look_size else {}
         if self.truth_report:
             results["iou_against_truth"] = self.truth_report
         return results
