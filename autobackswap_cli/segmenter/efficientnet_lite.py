@@ -94,7 +94,9 @@ def pretrained() -> EfficientNetLite0:
     """EfficientNet-Lite0 with its ImageNet weights, in eval mode."""
     net = EfficientNetLite0()
     state = torch.load(weights_file(), map_location="cpu", weights_only=True)
-    missing, _unused = net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()}, strict=False)
+    wanted = net.state_dict()  # the trunk's tensors; the file's classifier head is left out
+    missing = [name for name in wanted if name not in state]
     if missing:  # pragma: no cover - a weights file of another layout
         raise ValueError(f"EfficientNet-Lite0 weights lack {len(missing)} tensors, e.g. {missing[0]}")
+    net.load_state_dict({name: state[name] for name in wanted})
     return net.eval()

@@ -130,6 +130,7 @@ class SalientSegmenter(nn.Module):
     # class in the labels, a head that can lean on any one feature learns those objects, not the class
     # (held-out-object photos, seed-1 set: mean IoU 0.894 -> 0.900, with distractors 0.743 -> 0.773).
     FEATURE_DROPOUT = 0.3
+    SALIENCY_CHANNELS = 64 + 64  # U^2-Net-p's decoder features at strides 8 and 16, first in ``encode``'s features
 
     def __init__(self, grid: int, shipped_weights: bool = True, semantic: bool = True) -> None:
         super().__init__()
@@ -148,7 +149,7 @@ class SalientSegmenter(nn.Module):
             semantic_channels = 64
         self.feature_dropout = nn.Dropout2d(self.FEATURE_DROPOUT)  # active in training mode only
         self.image_branch = nn.Sequential(_conv_bn(3, 16, 2), _conv_bn(16, 32, 2), _conv_bn(32, 32, 2), _conv_bn(32, 32, dilation=2))
-        self.head = nn.Sequential(_conv_bn(64 + 64 + 2 + 32 + semantic_channels, 64), _conv_bn(64, 64), nn.Conv2d(64, 1, 1))
+        self.head = nn.Sequential(_conv_bn(self.SALIENCY_CHANNELS + 2 + 32 + semantic_channels, 64), _conv_bn(64, 64), nn.Conv2d(64, 1, 1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
         self.mix = nn.Conv2d(8, 1, 1)
@@ -186,7 +187,8 @@ class SalientSegmenter(nn.Module):
         looks = F.adaptive_avg_pool2d(self.image_branch(x), size)
         features = self.feature_dropout(features)
         if self.semantic:
-            features = torch.cat([features[:, :128], self.semantic_reduce(features[:, 128:])], 1)
+            own = self.SALIENCY_CHANNELS
+            features = torch.cat([features[:, :own], self.semantic_reduce(features[:, own:])], 1)
         correction = self.head(torch.cat([features, saliency, looks], 1))
         correction = F.interpolate(correction, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         return (self.mix(torch.cat([logits, stretched], 1)) + correction)[:, 0]

@@ -111,8 +111,8 @@ class PatchPredictor:
         """N x P x P foreground probabilities for ``model_input`` arrays.
 
         Kernels may pick another algorithm for another batch size, and their sums then differ in the last bits
-        (a mask pixel by one grey level). So the model only ever runs on batches of a fixed size (``chunk``, by
-        default ``self.chunk``) images: an image's mask does not depend on ``--batch-size``, on the shards or on
+        (a mask pixel by one grey level). So the model only ever runs on batches of exactly ``chunk`` images
+        (``self.chunk`` unless given): an image's mask does not depend on ``--batch-size``, on the shards or on
         which images share its batch.
         """
         import torch

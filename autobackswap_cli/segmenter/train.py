@@ -246,13 +246,10 @@ def segmenter_loss(patch_logits: torch.Tensor, labels: torch.Tensor, output: tor
 def _encode_all(model, x: torch.Tensor, device, mirrored: bool, progress: bool) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
     """The frozen encoder's outputs for every image (and its mirror image), in half precision on the CPU.
 
-    Computed by a copy of the frozen part prepared as ``segment`` runs it (BatchNorm folded, channels-last): the
-    same outputs to ~5e-4, about 1.8x faster on a CPU, and what the head will be fed at inference."""
+    Computed by a copy of the model prepared as ``segment`` runs it (BatchNorm folded, channels-last): the same
+    outputs to ~5e-4, about 1.8x faster on a CPU, and what the head will be fed at inference."""
     model.eval()
-    encoder = copy.deepcopy(model)  # the model being trained keeps its own BatchNorm layers
-    encoder.saliency = optimize_for_inference(encoder.saliency)
-    if getattr(encoder, "semantic", False):
-        encoder.semantics = optimize_for_inference(encoder.semantics)
+    encoder = optimize_for_inference(copy.deepcopy(model))  # the model being trained keeps its own BatchNorm layers
     out = {}
     with make_progress(enabled=progress) as bar:
         flips = (False, True) if mirrored else (False,)
