@@ -63,8 +63,8 @@ bench: $(BENCH_STAMP)
 
 ## bench-real: the real-photo benchmark (benchmarks/real_photos.py): our defaults beside the ceiling and zero-label
 ## peers on real photographs: two held-out-object variants (photos fetched once from Debian's packages with
-## apt-get download, see benchmarks/debian_photos.py) and three repeated-object variants with 3 classifier seeds
-## (~1.5 hours on 2 cores). Installs the [bench] extra.
+## apt-get download, see benchmarks/debian_photos.py; judged by a linear probe on ImageNet features) and three
+## repeated-object variants with 3 classifier seeds (~1.5 hours on 2 cores). Installs the [bench] extra.
 bench-real: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/real_photos.py --json benchmarks/out/real_photos.json
 
