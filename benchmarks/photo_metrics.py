@@ -10,6 +10,7 @@ All take uint8 RGB images (H x W x 3) and boolean or [0, 1] float masks of the s
   ratio (summed over a data set, so that smooth backgrounds such as a clear sky do not divide by ~0) is the
   texture ratio: a smooth blob scores ~0.1; a fill that continues the texture scores ~1. The hole's outer 2 px
   are left out, so a seam at the hole's edge does not count as texture.
+- ``group_accuracy``: worst-group and mean accuracy of predicted classes over the test split's groups.
 """
 
 from __future__ import annotations
@@ -59,3 +60,22 @@ def texture_ratio(filled: np.ndarray, true_background: np.ndarray, hole: np.ndar
     """One image's texture ratio (for a data set, sum the energies first: see ``texture_energies``)."""
     energies = texture_energies(filled, true_background, hole)
     return None if energies is None or energies[1] <= 1e-6 else energies[0] / energies[1]
+
+
+def test_groups(data) -> list[dict]:
+    """The rows of a data set's ``test_groups.csv``: image (under test/), class, background."""
+    import csv
+    from pathlib import Path
+
+    with open(Path(data) / "test_groups.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def group_accuracy(rows: list[dict], predicted: list[str]) -> dict:
+    """Worst-group and mean accuracy, and each group's, of ``predicted`` classes for the rows of a data set's
+    ``test_groups.csv`` (a group is class @ background family)."""
+    hits: dict[str, list[bool]] = {}
+    for r, p in zip(rows, predicted):
+        hits.setdefault(f"{r['class']}@{r['background']}", []).append(p == r["class"])
+    per_group = {g: float(np.mean(v)) for g, v in hits.items()}
+    return {"worst_group": min(per_group.values()), "mean": float(np.mean([h for v in hits.values() for h in v])), "groups": per_group}

@@ -10,7 +10,6 @@ originals), so its worst group still shows what the composites taught.
 
 from __future__ import annotations
 
-import csv
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+import photo_metrics
 from autobackswap_cli.images import read_image, scan_image_folder
 from autobackswap_cli.segmenter import efficientnet_lite
 
@@ -56,11 +56,6 @@ def probe_accuracy(train_folder: Path, data: Path) -> dict:
 
     x, y = _folder_features(Path(train_folder))
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=3000)).fit(x, y)
-    with open(Path(data) / "test_groups.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = photo_metrics.test_groups(data)
     predicted = probe.predict(image_features([read_image(Path(data) / "test" / r["image"]) for r in rows]))
-    hits: dict[str, list[bool]] = {}
-    for r, p in zip(rows, predicted):
-        hits.setdefault(f"{r['class']}@{r['background']}", []).append(p == r["class"])
-    per_group = {g: float(np.mean(v)) for g, v in hits.items()}
-    return {"worst_group": min(per_group.values()), "mean": float(np.mean([h for v in hits.values() for h in v])), "groups": per_group}
+    return photo_metrics.group_accuracy(rows, list(predicted))

@@ -42,7 +42,6 @@ the held-out-object sets built with another ``--data-seed`` (other objects in ea
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -163,19 +162,15 @@ def quality(data: Path, masks: Path, backgrounds: Path | None, compose_dir: Path
     return figures
 
 
-def group_accuracy(model_path: Path, data: Path) -> dict:
-    """Worst-group and mean accuracy on the test split; a group is (class, background family)."""
-    with open(data / "test_groups.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+def classifier_accuracy(model_path: Path, data: Path) -> dict:
+    """Worst-group and mean accuracy of a trained classifier on the test split; a group is (class, background family)."""
+    rows = photo_metrics.test_groups(data)
     model = load_classifier(model_path, device="cpu")
-    hits: dict[str, list[bool]] = {}
+    predicted = []
     for start in range(0, len(rows), 128):
         chunk = rows[start : start + 128]
-        predicted = model.predict([read_image(data / "test" / r["image"]) for r in chunk])
-        for r, p in zip(chunk, predicted):
-            hits.setdefault(f"{r['class']}@{r['background']}", []).append(model.classes[int(p)] == r["class"])
-    per_group = {g: float(np.mean(v)) for g, v in hits.items()}
-    return {"worst_group": min(per_group.values()), "mean": float(np.mean([h for v in hits.values() for h in v])), "groups": per_group}
+        predicted += [model.classes[int(p)] for p in model.predict([read_image(data / "test" / r["image"]) for r in chunk])]
+    return photo_metrics.group_accuracy(rows, predicted)
 
 
 def import_labels(variant: str, data: Path, labels_dir: Path, labels: int) -> set[str]:
@@ -246,7 +241,7 @@ def run_variant(variant: str, work: Path, seeds: list[int], labels: int, conditi
                 model = work / f"classifiers/{name}-{seed}.safetensors"
                 if not model.is_file():  # a rerun with the same --work resumes
                     cli("train-classifier", composites[name][seed], "-o", model, "--seed", seed, "--epochs", CLASSIFIER_EPOCHS)
-                accs.append(group_accuracy(model, data))
+                accs.append(classifier_accuracy(model, data))
             out[name]["worst_group"] = [a["worst_group"] for a in accs]
             out[name]["mean_acc"] = [a["mean"] for a in accs]
             out[name]["groups_seed0"] = accs[0]["groups"]

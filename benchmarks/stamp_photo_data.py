@@ -51,7 +51,7 @@ FAMILIES = {
 DISTRACTOR_FOLDERS = {"meadow": "animals/insects", "shore": "animals/fish", "blossom": "plants/flowers"}
 VARIANTS = {"instances": False, "instances-distractors": True}
 ROLES = ("labelled", "unlabelled", "test")
-LABELLED_PER_CLASS, UNLABELLED_PER_CLASS, TEST_PER_GROUP = 50, 150, 60  # 60 a group: the worst of 9 groups is read to ~0.05
+LABELLED_PER_CLASS, UNLABELLED_PER_CLASS, TEST_PER_GROUP = 50, 150, 60  # 60 a group: the worst of 9 groups is read to ~0.06
 WALLPAPER_SIDE = 720  # wallpapers are kept at this longer side (crops are 128 px anyway)
 
 
@@ -124,7 +124,7 @@ def make_example(lib: dict, cls: str, family: str, role: str, distractors: bool,
 def build(out: Path, variant: str = "instances", seed: int = 0, size: int = 128) -> Path:
     """Write the data set under ``out`` (skipped when ``out/done`` says it was built with the same settings)."""
     out = Path(out)
-    stamp = f"{variant} seed={seed} size={size} labelled={LABELLED_PER_CLASS} unlabelled={UNLABELLED_PER_CLASS} test={TEST_PER_GROUP}\n"
+    stamp = f"{variant} seed={seed} roles=seeded size={size} labelled={LABELLED_PER_CLASS} unlabelled={UNLABELLED_PER_CLASS} test={TEST_PER_GROUP}\n"
     if (out / "done").is_file() and (out / "done").read_text() == stamp:
         return out
     distractors, families = VARIANTS[variant], tuple(FAMILIES)
