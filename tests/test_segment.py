@@ -175,9 +175,10 @@ def test_replicas_on_several_devices_write_the_bytes_of_one_device(tmp_path, tin
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))
 
 
-def test_a_pixel_model_looks_again_at_twice_its_size_where_it_found_almost_no_foreground(tmp_path, monkeypatch):
-    """u2netp misses small objects at its 160-px input: an image whose first look holds foreground in under 2 % of
-    the pixels takes a second look at 320 px; one with foreground is left alone; --second-look 0 never looks twice."""
+def test_a_pixel_model_looks_again_at_larger_sizes_where_it_found_almost_no_foreground(tmp_path, monkeypatch):
+    """u2netp misses some objects at its 160-px input: an image whose first look holds foreground in under 2 % of
+    the pixels looks again at 240 px, then at 320 px while it still finds under 2 %, and keeps the extra look that
+    found the most; one with foreground is left alone; second_look=0 never looks again."""
     from autobackswap_cli.engine import RunOptions, prepare_items, run_step
     from autobackswap_cli.segmenter import predict
     from autobackswap_cli.segmenter.model import build_segmenter, save_checkpoint
@@ -187,16 +188,19 @@ def test_a_pixel_model_looks_again_at_twice_its_size_where_it_found_almost_no_fo
     save_checkpoint(ckpt, build_segmenter("u2netp", 16), image_size=160, options={}, metrics={})
     data = tmp_path / "data/a"
     data.mkdir(parents=True)
-    for name, radius in (("large", 40), ("small", 8)):  # 31 % and 1.2 % of a 128-px frame
+    # large: 31 % of a 128-px frame; small and dot: 1.2 %. The green channel tells the fake model what 320 px sees.
+    for name, radius, colour in (("large", 40, (255, 255, 255)), ("small", 8, (255, 0, 0)), ("dot", 8, (255, 255, 0))):
         image = np.zeros((128, 128, 3), np.uint8)
         yy, xx = np.mgrid[:128, :128]
-        image[(yy - 64) ** 2 + (xx - 64) ** 2 <= radius**2] = 255
+        image[(yy - 64) ** 2 + (xx - 64) ** 2 <= radius**2] = colour
         Image.fromarray(image).save(data / f"{name}.png")
     sizes = []
 
-    def fake_model(self, inputs, chunk=None):  # the first look sees the red channel; the second one sees everything
+    def fake_model(self, inputs, chunk=None):
+        """160 and 240 px see the red disc; 320 px sees everything, or nothing where the disc is green too."""
         sizes.append(inputs[0].shape[-1])
-        return np.stack([x[0] / 255.0 if x.shape[-1] == 160 else np.ones(x.shape[1:]) for x in inputs]).astype(np.float32)
+        looks = [x[0] / 255.0 if x.shape[-1] < 320 else np.full(x.shape[1:], float(x[1].max() == 0)) for x in inputs]
+        return np.stack(looks).astype(np.float32) if len({x.shape for x in inputs}) == 1 else looks
 
     monkeypatch.setattr(predict.PatchPredictor, "__call__", fake_model)
     items, _ = prepare_items(tmp_path / "data")
@@ -204,11 +208,13 @@ def test_a_pixel_model_looks_again_at_twice_its_size_where_it_found_almost_no_fo
     for name, below in (("default", predict.SECOND_LOOK_BELOW), ("never", 0.0)):
         run_step(SegmentStep(ckpt, tmp_path / name, SegmentOptions(device="cpu", refine="none", second_look=below)), items,
                  RunOptions(workers=1, progress=False))
-        masks[name] = {n: read_mask(tmp_path / name / f"a/{n}.png") >= 0.5 for n in ("large", "small")}
-    assert sizes == [160, 320, 160]  # one first look of both images, one second look of the small one; none with 0
+        masks[name] = {n: read_mask(tmp_path / name / f"a/{n}.png") >= 0.5 for n in ("large", "small", "dot")}
+    # one first look of the three images; dot and small again at 240, both still under 2 % -> both at 320
+    assert sizes == [160, 240, 320, 160]
     assert 0.28 < masks["default"]["large"].mean() < 0.33 and masks["default"]["small"].all()
+    assert 0.005 < masks["default"]["dot"].mean() < 0.02  # 320 px found nothing: the 240-px look is kept
     assert np.array_equal(masks["never"]["large"], masks["default"]["large"]) and masks["never"]["small"].mean() < 0.02
     record = run_record(tmp_path / "default")
-    assert record["results"]["second_looks"] == 1
-    assert record["options"]["second_look"] == {"below": predict.SECOND_LOOK_BELOW, "image_size": 320}
+    assert record["results"]["second_looks"] == 2
+    assert record["options"]["second_look"] == {"below": predict.SECOND_LOOK_BELOW, "image_sizes": [240, 320]}
     assert run_record(tmp_path / "never")["options"]["second_look"] is None
