@@ -29,7 +29,7 @@ __all__ = ["REFINE_METHODS", "SECOND_LOOK_BELOW", "PatchPredictor", "SegmentOpti
 # foreground; when none does, the extra look that found the most is kept. Chosen on the held-out-object photos
 # built with data seed 1 (benchmarks/real_photos.py, not its seed-0 set), mean IoU over the unlabelled images with
 # one trained model: no extra look 0.877 / 0.751 (plain / beside distractors), 2x only 0.889 / 0.794, 1.5x then 2x
-# 0.893 / 0.804; about 5 % of the images look again.
+# 0.893 / 0.801; 6-14 % of the images look again.
 SECOND_LOOK_BELOW = 0.02
 SECOND_LOOK_SCALES = (1.5, 2.0)
 
@@ -67,8 +67,12 @@ class PatchPredictor:
         pixel_model = BACKBONES[self.backbone].segmenter is not None
         self.second_look = second_look if pixel_model else 0.0
         self.second_look_sizes = tuple(round(s * self.image_size) for s in SECOND_LOOK_SCALES) if self.second_look > 0 else ()
-        # Workers send the largest extra look's input; the smaller ones are resized from it where needed.
-        self.second_look_size = max(self.second_look_sizes) if self.second_look_sizes else None
+
+    @property
+    def second_look_size(self) -> int | None:
+        """The largest extra look's input size (None: never looks again). Workers send the input at this size; the
+        smaller looks are resized from it where needed."""
+        return max(self.second_look_sizes) if self.second_look_sizes else None
 
     def __getstate__(self) -> dict:  # workers get no model, and the device by name (they need no torch)
         return {**self.__dict__, "model": None, "device": str(self.device)}
@@ -106,13 +110,9 @@ class PatchPredictor:
             probs[i] = p
         return probs, [i in again for i in range(len(probs))]
 
-    @staticmethod
-    def _resized_input(largest: np.ndarray, size: int) -> np.ndarray:
+    def _resized_input(self, largest: np.ndarray, size: int) -> np.ndarray:
         """A C x S x S model input resized from the largest look's input (as it came from the worker)."""
-        if largest.shape[-1] == size:
-            return largest
-        small = cv2.resize(np.ascontiguousarray(largest.transpose(1, 2, 0)), (size, size), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(small.transpose(2, 0, 1))
+        return largest if largest.shape[-1] == size else self.model_input(np.ascontiguousarray(largest.transpose(1, 2, 0)), size)
 
     def load(self) -> None:
         """Load the model onto the device, in the precision ``--precision`` means there (main process)."""
