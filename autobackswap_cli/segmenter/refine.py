@@ -11,6 +11,10 @@ from ..choices import Refine
 from ..engine import StepError
 
 REFINE_METHODS = Refine.values()
+# GrabCut may keep as little as this share of what the model found (P >= 0.5) before it is asked again, with the
+# model's foreground as sure foreground. Held-out-object photos, data seed 1, one trained model: mean IoU 0.798 ->
+# 0.805 beside distractors (16 of 450 images cut again), 0.894 -> 0.895 without.
+GRABCUT_KEEPS = 0.5
 
 
 def upsample_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -66,15 +70,29 @@ def refine_mask(image: np.ndarray, soft: np.ndarray, method: str, cell: float) -
             return soft
         if not ((trimap == cv2.GC_BGD) | (trimap == cv2.GC_PR_BGD)).any():
             return soft
-        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        # GrabCut seeds its colour models with k-means on OpenCV's per-thread RNG: without a fixed seed a mask
-        # would depend on how many images this worker refined before it (so on --batch-size, --shard, workers).
-        cv2.setRNGSeed(0)
-        cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), trimap, None, bgd, fgd, 3, cv2.GC_INIT_WITH_MASK)
-        hard = np.isin(trimap, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
+        found = soft >= 0.5
+        hard = _grabcut(image, trimap.copy())
+        if hard.sum() < GRABCUT_KEEPS * found.sum():
+            # GrabCut's colour models took an object the model found, unsure (P 0.5-0.9, so nothing was sure), for
+            # background: cut again with the model's foreground, pulled in by a quarter patch, as sure foreground.
+            reach = 2 * max(1, round(cell / 4)) + 1
+            core = cv2.erode(found.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
+            if core.any():
+                trimap[core] = cv2.GC_FGD
+                hard = _grabcut(image, trimap)
         # Keep a soft edge: blend the hard cut with the model where GrabCut was unsure.
         return np.clip(cv2.GaussianBlur(hard, (0, 0), 1.0), 0, 1)
     raise StepError(f"--refine must be one of {', '.join(REFINE_METHODS)}; got {method!r}")
+
+
+def _grabcut(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+    """The hard foreground (float32 0/1) GrabCut cuts from an RGB image and a trimap (modified in place)."""
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    # GrabCut seeds its colour models with k-means on OpenCV's per-thread RNG: without a fixed seed a mask
+    # would depend on how many images this worker refined before it (so on --batch-size, --shard, workers).
+    cv2.setRNGSeed(0)
+    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), trimap, None, bgd, fgd, 3, cv2.GC_INIT_WITH_MASK)
+    return np.isin(trimap, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
 
 
 def refined_mask(image: np.ndarray, probs: np.ndarray, method: str, grid: int) -> np.ndarray:
