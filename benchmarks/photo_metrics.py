@@ -27,6 +27,22 @@ def mask_iou(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> flo
     return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
 
 
+def object_lost(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
+    """The share of the true object that the mask leaves out (1.0: the object is missed entirely)."""
+    t = truth >= threshold
+    return 0.0 if not t.any() else float((t & (pred < threshold)).sum() / t.sum())
+
+
+def misses(ious: list[float], lost: list[float], found: list[float]) -> dict:
+    """Where a mean IoU goes: the images that keep less than half of their object (how many, and the share of the
+    mean IoU they cost), the masks with (almost) no foreground at all, and the mean IoU of the other images.
+    ``lost``: ``object_lost`` per image; ``found``: the mask's foreground share per image."""
+    missed = [iou for iou, share in zip(ious, lost) if share > 0.5]
+    rest = [iou for iou, share in zip(ious, lost) if share <= 0.5]
+    return {"images": len(missed), "of": len(ious), "iou_cost": float(sum(1 - iou for iou in missed) / max(1, len(ious))),
+            "empty": sum(share < 0.005 for share in found), "iou_where_found": float(np.mean(rest)) if rest else None}
+
+
 def halo(alpha: np.ndarray, truth: np.ndarray) -> float:
     """Alpha-weighted share of the cut-out lying on true background (truth < 0.5)."""
     total = float(alpha.sum())

@@ -132,6 +132,7 @@ def quality(data: Path, masks: Path, backgrounds: Path | None, compose_dir: Path
         o = run_record(inpaint_dir)["options"]
         region = FillRegion(loose=o["loose_threshold"], dilate=o["dilate_px"])
     rows = {"iou": [], "halo": [], "psnr": [], "texture": [], "filled": []}
+    lost, found = [], []
     per_class: dict[str, dict[str, list[float]]] = {}
     for item in scan_image_folder(data / "train").items:
         if item.key in exclude:
@@ -139,6 +140,8 @@ def quality(data: Path, masks: Path, backgrounds: Path | None, compose_dir: Path
         truth = read_mask(data / "masks/train" / item.rel.with_suffix(".png"))
         mask = read_mask(masks / item.rel.with_suffix(".png"), truth.shape)
         rows["iou"].append(photo_metrics.mask_iou(mask, truth))
+        lost.append(photo_metrics.object_lost(mask, truth))
+        found.append(float((mask >= 0.5).mean()))
         alpha = foreground_alpha(mask, compose_options["tight"], compose_options["feather"])
         rows["halo"].append(photo_metrics.halo(alpha, truth))
         mine = per_class.setdefault(item.cls, {"iou": [], "halo": []})
@@ -157,6 +160,7 @@ def quality(data: Path, masks: Path, backgrounds: Path | None, compose_dir: Path
     texture = np.asarray(rows.pop("texture")).reshape(-1, 2).sum(0)
     figures = {k: (float(np.mean(v)) if v else None) for k, v in rows.items()}
     figures["texture"] = float(texture[0] / texture[1]) if texture[1] > 0 else None
+    figures["misses"] = photo_metrics.misses(rows["iou"], lost, found) if rows["iou"] else None
     figures["per_class"] = {c: {k: float(np.mean(v)) for k, v in r.items()} for c, r in sorted(per_class.items())}
     figures["failed"] = run_record(compose_dir)["counts"]["failed"] + (run_record(inpaint_dir)["counts"]["failed"] if inpaint_dir else 0)
     return figures
@@ -273,6 +277,12 @@ def table(variant: str, result: dict) -> str:
                 cells = [f"{fmt(r['per_class'][c]['iou'])} | {fmt(r['per_class'][c]['halo'])}" for c in classes]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    for name, r in result["conditions"].items():
+        if r.get("misses"):
+            m = r["misses"]
+            lines.append(f"- {name}: {m['images']} of {m['of']} images keep less than half of their object (they cost "
+                         f"{m['iou_cost']:.3f} of the mean IoU), {m['empty']} masks (almost) empty; IoU where found "
+                         f"{fmt(m['iou_where_found'])}")
     lines += [f"- {k}: {v} s" for k, v in result["timings_s"].items()]
     return "\n".join(lines)
 
