@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,11 +65,18 @@ def cli_subprocess(*args: str, env: dict | None = None, **kwargs) -> subprocess.
     return subprocess.run([sys.executable, "-m", "autobackswap_cli", *map(str, args)], capture_output=True, text=True, env=full_env, **kwargs)
 
 
+def interruptible() -> None:
+    """A child's ``preexec_fn``: Ctrl-C (SIGINT) back to its default, so the child raises KeyboardInterrupt on it even
+    when the tests run as a background job of a non-interactive shell (``make test &``), whose children inherit
+    SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_background(*args: str, env: dict | None = None) -> subprocess.Popen:
     """Start ``python -m autobackswap_cli`` in its own process group (as a job scheduler does), output piped as text."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "autobackswap_cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=full_env, start_new_session=True)
+                            text=True, env=full_env, start_new_session=True, preexec_fn=interruptible)
 
 
 def wait_until(proc: subprocess.Popen, ready, timeout: float = 120) -> None:

@@ -18,7 +18,7 @@ from autobackswap_cli.labels import (
     read_labels_info,
     select_stratified,
 )
-from conftest import cli, run_record
+from conftest import cli, interruptible, run_record
 
 
 def _dataset(root: Path, names: dict[str, tuple[int, int]]) -> Path:
@@ -174,7 +174,8 @@ def test_label_without_importer_serves_the_page_until_ctrl_c(small_sample, tmp_p
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("DISPLAY", None)
     args = ["label", small_sample / "train", "-o", labels, "--count", "3", "--grid", "8", "--port", "0", "--no-browser"]
-    proc = subprocess.Popen([sys.executable, "-m", "autobackswap_cli", *map(str, args)], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "autobackswap_cli", *map(str, args)], stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=interruptible)
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in iter(proc.stderr.readline, "")], daemon=True)
     reader.start()
