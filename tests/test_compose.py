@@ -142,12 +142,12 @@ def test_an_image_with_no_foreground_is_counted_and_listed_not_failed(small_samp
     assert "no foreground (left out, not failures): disc/disc_0001.jpg" in text
     record = run_record(out)
     assert record["status"] == "completed" and record["failures"] == [] and record["no_foreground"] == ["disc/disc_0001.jpg"]
-    assert record["counts"] == {"total": 24, "done": 23, "skipped": 0, "failed": 0, "no_foreground": 1}
+    assert record["counts"] == {"total": 24, "done": 23, "skipped": 0, "failed": 0, "no_foreground": 1, "low_confidence": 0}
     outputs = _outputs(out)
     assert len(outputs) == 23 and not any(o.startswith("disc/disc_0001__") for o in outputs) and len(_manifest(out)) == 23
     # a rerun looks at its mask again (it has no output to mark it finished): counted again, never a failure
     cli(*args)
-    assert run_record(out)["counts"] == {"total": 24, "done": 0, "skipped": 23, "failed": 0, "no_foreground": 1}
+    assert run_record(out)["counts"] == {"total": 24, "done": 0, "skipped": 23, "failed": 0, "no_foreground": 1, "low_confidence": 0}
     # bad files stay failures beside it: a corrupt image and a mask of the wrong size
     data = tmp_path / "data"
     shutil.copytree(small_sample / "train", data)
@@ -156,7 +156,7 @@ def test_an_image_with_no_foreground_is_counted_and_listed_not_failed(small_samp
     result = cli("compose", data, masks, small_sample / "backgrounds/train", "-o", tmp_path / "bad", "--no-progress", "--workers", "1", expect=1)
     record = run_record(tmp_path / "bad")
     assert sorted(f["item"] for f in record["failures"]) == ["cross/cross_0000.jpg", "disc/broken.jpg"]
-    assert record["counts"] == {"total": 25, "done": 22, "skipped": 0, "failed": 2, "no_foreground": 1}
+    assert record["counts"] == {"total": 25, "done": 22, "skipped": 0, "failed": 2, "no_foreground": 1, "low_confidence": 0}
     assert "2 failed, no foreground: 1 image of 25" in " ".join(result.output.split())
 
 

@@ -109,7 +109,7 @@ def test_no_foreground_is_counted_and_listed_apart_from_failures(tmp_path, batch
     assert (report.done, report.failed, sorted(report.no_foreground), report.ok) == (8, 0, ["a/000.png", "b/001.png"], True)
     record = json.loads((out / "autobackswap.json").read_text())
     assert record["status"] == "completed" and record["failures"] == [] and record["no_foreground"] == ["a/000.png", "b/001.png"]
-    assert record["counts"] == {"total": 10, "done": 8, "skipped": 0, "failed": 0, "no_foreground": 2}
+    assert record["counts"] == {"total": 10, "done": 8, "skipped": 0, "failed": 0, "no_foreground": 2, "low_confidence": 0}
     assert not mirror_path(out, items[0].rel, ".png").exists()
     report = run_step(CutOutStep(out, batched), items, options)  # checked again on a rerun: no output marks them finished
     assert (report.done, report.skipped, len(report.no_foreground)) == (0, 8, 2)
@@ -135,7 +135,7 @@ def test_rerun_skips_finished_and_overwrite_redoes(tmp_path):
     report = run_step(InvertStep(out, True), items, RunOptions(workers=0, progress=False))
     assert (report.done, report.skipped) == (4, 6)
     record = json.loads((out / "autobackswap.json").read_text())
-    assert record["counts"] == {"total": 10, "done": 4, "skipped": 6, "failed": 0, "no_foreground": 0}
+    assert record["counts"] == {"total": 10, "done": 4, "skipped": 6, "failed": 0, "no_foreground": 0, "low_confidence": 0}
     assert record["step"] == "invert" and record["status"] == "completed" and record["wall_time_s"] >= 0
     report = run_step(InvertStep(out, True), items, RunOptions(workers=0, overwrite=True, progress=False))
     assert (report.done, report.skipped) == (10, 0)

@@ -102,7 +102,7 @@ def test_bad_masks_get_clear_per_file_behaviour(tmp_path):
     # no foreground: the image is its own background, copied unchanged and counted
     assert np.array_equal(read_image(out / "c/all_bg.png"), read_image(tmp_path / "data/c/all_bg.png"))
     assert record["results"]["images_without_foreground_copied_unchanged"] == 1
-    assert record["counts"] == {"total": 5, "done": 2, "skipped": 0, "failed": 3, "no_foreground": 0}
+    assert record["counts"] == {"total": 5, "done": 2, "skipped": 0, "failed": 3, "no_foreground": 0, "low_confidence": 0}
     # a rerun retries only the failures
     again = cli("inpaint", tmp_path / "data", tmp_path / "masks", "-o", out, "--no-progress", "--workers", "0", expect=1)
     assert run_record(out)["counts"]["skipped"] == 2 and "3 failed" in " ".join(again.output.split())

@@ -71,7 +71,7 @@ def test_from_masks_uses_threshold_and_records_it(small_sample, tmp_path):
     assert (info.grid, info.method, info.threshold, info.count) == (8, "from-masks", 0.5, 24)
     mask = np.asarray(Image.open(small_sample / "masks/train/disc/disc_0000.png")) / 255.0
     assert np.array_equal(read_grid(out / "disc/disc_0000.png", 8), grid_from_mask(mask, 8, 0.5))
-    assert run_record(out)["counts"] == {"total": 24, "done": 24, "skipped": 0, "failed": 0, "no_foreground": 0}
+    assert run_record(out)["counts"] == {"total": 24, "done": 24, "skipped": 0, "failed": 0, "no_foreground": 0, "low_confidence": 0}
 
 
 def test_count_is_stratified_and_seeded(small_sample, tmp_path):

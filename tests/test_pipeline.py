@@ -43,12 +43,12 @@ def test_run_exits_0_when_the_only_images_left_out_have_no_foreground(small_samp
     record = run_record(work / "composites")
     assert record["no_foreground"] == ["disc/disc_0001.jpg"] and record["counts"]["failed"] == 0
     summary = run_record(work)
-    assert summary["status"] == "completed" and summary["counts"]["compose"] == {"done": 23, "skipped": 0, "failed": 0, "no_foreground": 1}
+    assert summary["status"] == "completed" and summary["counts"]["compose"] == {"done": 23, "skipped": 0, "failed": 0, "no_foreground": 1, "low_confidence": 0}
     data = tmp_path / "data"  # a corrupt image beside it still fails the run
     shutil.copytree(small_sample / "train", data)
     truncated_jpeg(data / "disc/broken.jpg")
     cli("run", data, "-o", work, *args[:-1], expect=1)
-    assert run_record(work)["counts"]["compose"] == {"done": 0, "skipped": 23, "failed": 1, "no_foreground": 1}
+    assert run_record(work)["counts"]["compose"] == {"done": 0, "skipped": 23, "failed": 1, "no_foreground": 1, "low_confidence": 0}
 
 
 def test_run_with_shards_wants_the_segmenter_trained_first(small_sample, tmp_path):

@@ -61,7 +61,7 @@ def test_bad_inputs_are_listed_and_the_run_goes_on(tmp_path, tiny_checkpoint):
     assert "not an image" in reasons["cat/notes.png"] and "too large" in reasons["dog/huge.png"]
     for name in reasons:
         assert name in text
-    assert record["counts"] == {"total": 10, "done": 6, "skipped": 0, "failed": 4, "no_foreground": 0}
+    assert record["counts"] == {"total": 10, "done": 6, "skipped": 0, "failed": 4, "no_foreground": 0, "low_confidence": 0}
     assert read_mask(out / "dog/rotated.png").shape == (80, 48)  # EXIF-rotated: the shown orientation
     for name in ("cmyk", "deep", "alpha", "palette"):
         assert read_mask(out / f"dog/{name}.png").shape == (48, 80)
@@ -165,8 +165,8 @@ def test_replicas_on_several_devices_write_the_bytes_of_one_device(tmp_path, tin
     monkeypatch.setattr(predict, "resolve_devices", lambda name, gpus=None: [torch.device("cpu"), torch.device("cpu")])
     step = SegmentStep(tiny_checkpoint, tmp_path / "two", SegmentOptions(device="cpu"))
     computed_by = []
-    real_call = predict.PatchPredictor.__call__
-    monkeypatch.setattr(predict.PatchPredictor, "__call__", lambda self, inputs: computed_by.append(id(self)) or real_call(self, inputs))
+    real_looks = predict.PatchPredictor.looks
+    monkeypatch.setattr(predict.PatchPredictor, "looks", lambda self, inputs, chunk=None: computed_by.append(id(self)) or real_looks(self, inputs, chunk))
     report = run_step(step, items, options)
     assert report.done == len(items) and len(set(computed_by)) == 2  # both replicas computed batches
     assert run_record(tmp_path / "two")["options"]["device"] == "cpu,cpu"
@@ -200,9 +200,9 @@ def test_a_pixel_model_looks_again_at_larger_sizes_where_it_found_almost_no_fore
         """160 and 240 px see the red disc; 320 px sees everything, or nothing where the disc is green too."""
         sizes.append(inputs[0].shape[-1])
         looks = [x[0] / 255.0 if x.shape[-1] < 320 else np.full(x.shape[1:], float(x[1].max() == 0)) for x in inputs]
-        return np.stack(looks).astype(np.float32) if len({x.shape for x in inputs}) == 1 else looks
+        return (np.stack(looks).astype(np.float32) if len({x.shape for x in inputs}) == 1 else looks), None
 
-    monkeypatch.setattr(predict.PatchPredictor, "__call__", fake_model)
+    monkeypatch.setattr(predict.PatchPredictor, "looks", fake_model)
     items, _ = prepare_items(tmp_path / "data")
     masks = {}
     for name, below in (("default", predict.SECOND_LOOK_BELOW), ("never", 0.0)):

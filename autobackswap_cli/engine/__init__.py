@@ -2,8 +2,8 @@
 
 Rooms (img2dataset style), one role each:
 
-* ``errors``   StepError (whole run, exit 2), FailFast, the one-line reason of a failed item, NoForeground (an
-  item left out, counted apart: no failure);
+* ``errors``   StepError (whole run, exit 2), FailFast, the one-line reason of a failed item, LeftOut (an
+  item left out, counted apart by kind: no foreground, low confidence; no failure);
 * ``options``  RunOptions (workers, batch size, shard, overwrite), CommonOptions (those and what the item steps
   share: device, precision, seed, preview, files_from), shards from --shard / torchrun / SLURM, devices and precision;
 * ``layout``   the class rule (``DatasetLayout``: a folder level or a metadata table), the active one;
@@ -22,7 +22,7 @@ Rooms (img2dataset style), one role each:
 Steps never copy the loop: they subclass ``Step`` and call ``run_step``.
 """
 
-from .errors import FailFast, NoForeground, StepError, failure_reason
+from .errors import LEFT_OUT_KINDS, FailFast, LeftOut, LowConfidence, NoForeground, StepError, failure_reason
 from .loop import run_step
 from .options import (PRECISIONS, CommonOptions, RunOptions, Shard, available_cores, default_workers, parse_shard, resolve_device, resolve_devices,
                       resolve_precision, resolve_shard, shard_from_env)
@@ -37,7 +37,7 @@ from .step import Step
 from .folder import run_on_folder
 
 __all__ = [
-    "FailFast", "NoForeground", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "CommonOptions", "RunOptions", "Shard",
+    "FailFast", "LEFT_OUT_KINDS", "LeftOut", "LowConfidence", "NoForeground", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "CommonOptions", "RunOptions", "Shard",
     "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_devices", "resolve_precision", "resolve_shard",
     "shard_from_env", "console", "make_progress", "print_summary", "PAPER_THRESHOLDS", "RUN_RECORD", "build_record",
     "mask_threshold", "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "check_outputs", "read_items", "Step",

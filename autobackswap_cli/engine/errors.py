@@ -1,5 +1,5 @@
 """What goes wrong, and how it is told: run-level errors, the one-line reason of a failed item, and the one
-per-item outcome that is not a failure (no foreground)."""
+per-item outcomes that are not failures (left out: no foreground, low confidence)."""
 
 from __future__ import annotations
 
@@ -25,25 +25,54 @@ class RunStopper(str):
     read-only, no permission)."""
 
 
-class NoForeground(ImageError):
-    """Raised by a step for an item whose mask holds no foreground (at the step's threshold): there is nothing to
-    make of it. Not a failure: the engine counts and lists it apart (``counts.no_foreground`` and
-    ``no_foreground`` in the run record, "no foreground: N images" in the summary), it leaves the exit code at 0
-    and ``--fail-fast`` goes on. It writes no output, so a rerun checks the item again (a mask read, no work): a
-    mask segmented anew with a foreground is then used, and an empty one is counted again, never retried as a
-    failure. An ``ImageError``: code that only knows those still leaves the item out."""
+class LeftOut(ImageError):
+    """Raised by a step for an item there is nothing good to make of: not a failure. The engine counts and lists it
+    apart by its ``kind`` (``counts.<kind>`` and ``<kind>`` in the run record, "<label>: N images" in the
+    summary), it leaves the exit code at 0 and ``--fail-fast`` goes on. It writes no output, so a rerun checks the
+    item again (cheap: no work is done for it). An ``ImageError``: code that only knows those still leaves the
+    item out."""
+
+    kind = "left_out"
+    label = "left out"
 
 
-class NoForegroundReason(str):
-    """The reason of an item a step left out with ``NoForeground``: a ``str``, as every item reason, whose type
-    says it is no failure (it travels back from workers and Ray tasks like ``RunStopper``)."""
+class NoForeground(LeftOut):
+    """The item's mask holds no foreground (at the step's threshold): nothing to make of it. A mask segmented
+    anew with a foreground is used by the next run; an empty one is counted again, never retried as a failure."""
+
+    kind = "no_foreground"
+    label = "no foreground"
+
+
+class LowConfidence(LeftOut):
+    """The item's mask is probably wrong (its confidence in MASKS/mask_quality.csv is below ``--min-confidence``):
+    composing it would teach the background as the object, so it is left out."""
+
+    kind = "low_confidence"
+    label = "low confidence"
+
+
+LEFT_OUT_KINDS = {cls.kind: cls.label for cls in (NoForeground, LowConfidence)}  # the kinds the record counts
+
+
+class LeftOutReason(str):
+    """The reason of an item a step left out (``LeftOut``): a ``str``, as every item reason, whose ``kind`` says
+    which list it goes to (it travels back from workers and Ray tasks like ``RunStopper``)."""
+
+    def __new__(cls, text: str, kind: str) -> "LeftOutReason":
+        reason = super().__new__(cls, text)
+        reason.kind = kind
+        return reason
+
+    def __reduce__(self):
+        return (LeftOutReason, (str(self), self.kind))
 
 
 def failure_reason(exc: BaseException) -> str:
     """The one line a user reads for a failed item: an image problem as it was said, else the exception's type and
-    first line. For ``NoForeground``, a ``NoForegroundReason``."""
-    if isinstance(exc, NoForeground):
-        return NoForegroundReason(str(exc))
+    first line. For ``LeftOut``, a ``LeftOutReason``."""
+    if isinstance(exc, LeftOut):
+        return LeftOutReason(str(exc), exc.kind)
     if isinstance(exc, ImageError):
         return str(exc)
     if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:

@@ -4,8 +4,8 @@
 
 ``run_step`` plans the run, starts the workers, drives the items through the step's hooks with a progress bar, and
 writes the run record once, however the run ends. Each item ends done, failed (a reason), or left out with no
-foreground (a step raised ``NoForeground``: counted and listed apart, no failure; it has no outputs, so a rerun
-checks it again).
+foreground or with a mask below the confidence threshold (a step raised ``LeftOut``: counted and listed apart by
+kind, no failure; it has no outputs, so a rerun checks it again).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..images import TEMP_PREFIX, FolderListing, ImageItem, remove_stale_temp_files
-from .errors import FailFast, NoForegroundReason, RunStopper, StepError
+from .errors import LEFT_OUT_KINDS, FailFast, LeftOutReason, RunStopper, StepError
 from .lock import output_lock
 from .options import RunOptions
 from .progress import console, make_progress, shortened, status_text
@@ -188,9 +188,10 @@ class _Drive:
         if ok:
             self.report.done += 1
             self.step.collect(item, value)
-        elif isinstance(value, NoForegroundReason):  # counted and listed, no failure: --fail-fast goes on
-            self.report.no_foreground.append(str(item.rel))
-            self.progress.console.print(f"[yellow]left out[/] {shortened(str(item.rel))}: {shortened(str(value))}")
+        elif isinstance(value, LeftOutReason):  # counted and listed, no failure: --fail-fast goes on
+            self.report.leave_out(str(item.rel), value.kind)
+            if value.kind == "no_foreground":  # low confidence is told once, in the summary (there may be many)
+                self.progress.console.print(f"[yellow]left out[/] {shortened(str(item.rel))}: {shortened(str(value))}")
         else:
             self.report.failures.append({"item": str(item.rel), "reason": str(value)})
             if isinstance(value, RunStopper):
@@ -309,10 +310,10 @@ def _record(step: Step, report: RunReport, options: RunOptions, started: datetim
         status=status_of(report.failed, report.interrupted, report.error),
         options={**options.record(), **step.recorded_options()},
         counts={"total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed,
-                "no_foreground": len(report.no_foreground)},
+                **{kind: len(report.left_out.get(kind, ())) for kind in LEFT_OUT_KINDS}},
         wall_time_s=report.wall_time_s,
         failures=report.failures,
-        no_foreground=sorted(report.no_foreground),
+        **{kind: sorted(report.left_out.get(kind, ())) for kind in LEFT_OUT_KINDS},
         started=started,
         shard={"index": options.shard.index, "count": options.shard.count, "source": options.shard.source},
         error=report.error,

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from .errors import LEFT_OUT_KINDS
 from .record import RUN_RECORD
 from .report import RunReport
 
@@ -141,29 +142,31 @@ def status_text(report: RunReport) -> str:
         parts.append(f"skipped {report.skipped}")
     if report.failures:
         parts.append(f"[red]failed {report.failed}[/]")
-    if report.no_foreground:
-        parts.append(f"[yellow]no foreground {len(report.no_foreground)}[/]")
+    for kind, label in LEFT_OUT_KINDS.items():
+        if report.left_out.get(kind):
+            parts.append(f"[yellow]{label} {len(report.left_out[kind])}[/]")
     return " · ".join(parts)
 
 
-def _no_foreground_text(report: RunReport) -> str:
-    """``, no foreground: 3 images`` (nothing when there is none)."""
-    count = len(report.no_foreground)
-    return f", no foreground: {count} image{'s' if count != 1 else ''}" if count else ""
+def _left_out_text(report: RunReport) -> str:
+    """``, no foreground: 3 images, low confidence: 1 image`` (nothing when none was left out)."""
+    counts = [(label, len(report.left_out.get(kind, ()))) for kind, label in LEFT_OUT_KINDS.items()]
+    return "".join(f", {label}: {n} image{'s' if n != 1 else ''}" for label, n in counts if n)
 
 
 def print_summary(report: RunReport) -> None:
-    """One line of counts (with ``no foreground: N images`` when a step left images out for that: no failure),
-    the names of those images, and a table of failures with their reasons."""
+    """One line of counts (with ``no foreground: N images`` / ``low confidence: N images`` when a step left images
+    out for that: no failure), the names of those images, and a table of failures with their reasons."""
     colour = "green" if report.ok else ("yellow" if not report.failures else "red")
     console.print(
         f"[{colour}]{report.step}[/]: {report.done} done, {report.skipped} skipped (already finished), "
-        f"{report.failed} failed{_no_foreground_text(report)} of {report.total} in {report.wall_time_s:.1f}s -> {report.out_dir}"
+        f"{report.failed} failed{_left_out_text(report)} of {report.total} in {report.wall_time_s:.1f}s -> {report.out_dir}"
     )
-    if report.no_foreground:
-        names = sorted(report.no_foreground)
-        more = f" ... and {len(names) - 10} more" if len(names) > 10 else ""
-        console.print(f"[yellow]no foreground[/] (left out, not failures): {', '.join(map(shortened, names[:10]))}{more}")
+    for kind, label in LEFT_OUT_KINDS.items():
+        names = sorted(report.left_out.get(kind, ()))
+        if names:
+            more = f" ... and {len(names) - 10} more (the run record lists them all)" if len(names) > 10 else ""
+            console.print(f"[yellow]{label}[/] (left out, not failures): {', '.join(map(shortened, names[:10]))}{more}")
     if report.failures:
         table = Table(title=f"{report.failed} failed item(s)", show_lines=False)
         table.add_column("item")
