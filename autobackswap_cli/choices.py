@@ -54,6 +54,14 @@ Refine = choice("Refine", {
 InpaintMethod = choice("InpaintMethod", {name: backend.help for name, backend in BACKENDS.items()})
 Backbone = choice("Backbone", {name: info.description for name, info in BACKBONE_INFO.items()})
 OutputFormat = choice("OutputFormat", {"same": "as the input", **{name: "" for name in encode_format_names()}})
+Pick = choice("Pick", {
+    "random": "at random, evenly over classes",
+    "uncertain": "the images whose masks --segmenter is least confident of, evenly over classes (it segments every unlabelled image once to find them)",
+})
+PreviewOrder = choice("PreviewOrder", {
+    "least-confident": "the masks most likely wrong first, each captioned with its confidence: what to fix",
+    "spread": "evenly spread over DATA: what the masks look like",
+})
 Executor = choice("Executor", {
     "local": "worker processes here",
     "ray": "a Ray Data pipeline: a local Ray instance, or --ray-address",
@@ -77,7 +85,7 @@ RANGES: dict[str, tuple] = {
     "gpus": (1, None), "steps": (1, None), "resolution": (8, 4096), "margin": (0.0, None), "radius": (1, None),
     "loose": (0.0, 1.0), "dilate": (0, None),
     # compose (ComposeOptions)
-    "tight": (0.0, 1.0), "feather": (0.0, None), "per_image": (1, None), "quality": (1, 100), "shard_size": (1, None),
+    "tight": (0.0, 1.0), "min_confidence": (0.0, 1.0), "feather": (0.0, None), "per_image": (1, None), "quality": (1, 100), "shard_size": (1, None),
     "rotate": (0.0, None), "translate": (0, None),
     # the data layout (engine.DatasetLayout)
     "class_level": (1, None),

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Callable, Optional, Sequence
 import typer
 
 from . import __version__
-from .choices import (Backbone, BackgroundsFrom, Executor, InpaintMethod, OutputFormat, OutputLayout, Precision, Refine, choice_help,
+from .choices import (Backbone, BackgroundsFrom, Executor, InpaintMethod, OutputFormat, OutputLayout, Pick, Precision, PreviewOrder, Refine, choice_help,
                       value_range)
 from .engine import (CommonOptions, DatasetLayout, FailFast, StepError, as_interrupted, console, print_summary,
                      resolve_shard, stop_on_signals, using_layout)
@@ -122,6 +122,7 @@ MethodOpt = Annotated[InpaintMethod, typer.Option("--method", help=choice_help(I
 InpaintModel = Annotated[Optional[str], typer.Option("--model", help="inpaint: diffusers hub id or local pipeline folder; torchscript: model file (e.g. big-lama.pt).")]
 Loose = Annotated[Optional[float], typer.Option("--loose", help="inpaint: fill where P(foreground) is at least this (the loose mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.1.", show_default=False, **_range("loose"))]
 Tight = Annotated[Optional[float], typer.Option("--tight", help="compose: the foreground is where P(fg) is at least this (the tight mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.5.", show_default=False, **_range("tight"))]
+MinConfidence = Annotated[Optional[float], typer.Option("--min-confidence", help="compose: leave out images whose mask is probably wrong: their confidence in MASKS/mask_quality.csv (written by segment) is below this. They are counted and listed (not failures), and their backgrounds stay out of the pool, as the object may still be in them. 0 keeps every image. Default: what segment recorded in MASKS, else 0.6.", show_default=False, **_range("min_confidence"))]
 PerImage = Annotated[int, typer.Option("--per-image", "-k", help="compose: composites per foreground image.", **_range("per_image"))]
 BgFrom = Annotated[BackgroundsFrom, typer.Option("--bg-from", help=choice_help(BackgroundsFrom, "compose: backgrounds from "))]
 EncodeFormat = Annotated[OutputFormat, typer.Option("--encode-format", help=encode_format_help())]
@@ -300,18 +301,19 @@ def sample_data_cmd(
 # ----------------------------------------------------------------- label
 
 
-@_command("label", shared=("seed", "workers", "overwrite", "fail_fast", "progress"))
+@_command("label", shared=("seed", "device", "batch_size", "workers", "overwrite", "fail_fast", "progress"), batch_size=32)
 def label_cmd(
     data: Annotated[Path, typer.Argument(help="Input ImageFolder (DATA/<class>/<image>), or any folder with --class-level / --metadata.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="LABELS folder to write P x P grids to (mirroring DATA's paths).")],
     from_masks: Annotated[Optional[Path], typer.Option("--from-masks", help="Import pixel masks mirroring DATA (DIR/<class>/<name>.png).")] = None,
     from_csv: Annotated[Optional[Path], typer.Option("--from-csv", help="Import the reference implementation's masks.csv (info,mask): info is a path under DATA (a leading '/' is fine) or, with --metadata, an image id (img_id).")] = None,
     from_coco: Annotated[Optional[Path], typer.Option("--from-coco", help="Import a COCO instances JSON (polygons and RLE).")] = None,
-    count: Annotated[Optional[int], typer.Option("--count", help="Label only N images, stratified over classes.", **_range("count"))] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help="Label only N images, stratified over classes. A larger N later adds images; those labelled already stay.", **_range("count"))] = None,
+    pick: Annotated[Pick, typer.Option("--pick", help=choice_help(Pick, "Which images --count adds: "))] = Pick("random"),
     grid: Annotated[Optional[int], typer.Option("--grid", help="Patch grid size P (default 16; --from-csv infers it from the mask length).", **_range("grid"))] = None,
     threshold: Annotated[float, typer.Option("--threshold", help="A patch is foreground when its mean mask value is at least this.", **_range("threshold"))] = 0.25,
     export_csv: Annotated[Optional[Path], typer.Option("--export-csv", help="Also write LABELS as the reference masks.csv, naming images as the imported file did (ids with --metadata, '/path', or path).")] = None,
-    segmenter: Annotated[Optional[Path], typer.Option("--segmenter", help="Labelling page: pre-fill each grid with this segmenter's prediction (SEGMENTER.safetensors).", dir_okay=False)] = None,
+    segmenter: Annotated[Optional[Path], typer.Option("--segmenter", help="Labelling page: pre-fill each grid with this segmenter's prediction (SEGMENTER.safetensors); --pick uncertain: the segmenter whose masks to check.", dir_okay=False)] = None,
     host: Annotated[str, typer.Option("--host", help="Labelling page: address to listen on (127.0.0.1 keeps it on this machine).")] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option("--port", help="Labelling page: port (default 8765, or a free one when taken; 0 = any free one).", **_range("port"))] = None,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Labelling page: do not open a browser.")] = False,
@@ -322,7 +324,7 @@ def label_cmd(
     from .labeler.command import LabelRequest, make_labels
 
     request = LabelRequest(from_masks=from_masks, from_csv=from_csv, from_coco=from_coco, count=count, grid=grid, threshold=threshold,
-                           export_csv=export_csv, segmenter=segmenter, host=host, port=port, open_browser=not no_browser)
+                           export_csv=export_csv, segmenter=segmenter, pick=pick.value, host=host, port=port, open_browser=not no_browser)
     report = make_labels(data, out, request, common)
     if report is not None:
         _finish(report)
@@ -377,14 +379,16 @@ def segment_cmd(
     refine: RefineOpt = Refine.grabcut,
     truth: Annotated[Optional[Path], typer.Option("--truth", help="Ground-truth masks mirroring DATA: print and record the IoU against them.")] = None,
     gpus: Annotated[Optional[int], typer.Option("--gpus", help="With --device cuda: use the first N GPUs (default: all visible).", **_range("gpus"))] = None,
+    preview_order: Annotated[PreviewOrder, typer.Option("--preview-order", help=choice_help(PreviewOrder, "--preview shows: "))] = PreviewOrder("least-confident"),
     common: CommonOptions = None,
     data_layout: DatasetLayout = None,
 ) -> None:
-    """Segment every image: soft foreground masks at full resolution."""
+    """Segment every image: soft foreground masks at full resolution, and how likely each is right
+    (MASKS/mask_quality.csv: compose leaves out the masks probably wrong; --preview shows them first)."""
     from .engine import run_on_folder
     from .segmenter.predict import SegmentOptions, SegmentStep
 
-    options = common.into(SegmentOptions, gpus=gpus, refine=refine.value, truth=str(truth) if truth else None)
+    options = common.into(SegmentOptions, gpus=gpus, refine=refine.value, truth=str(truth) if truth else None, preview_order=preview_order.value)
     _finish(run_on_folder(data, out, lambda: SegmentStep(segmenter, out, options), common, other_inputs=[truth, segmenter]))
 
 
@@ -436,6 +440,7 @@ def compose_cmd(
     only_bg: Annotated[bool, typer.Option("--only-bg", help="Write each image's own clean background instead (IN-9 Only-BG).")] = False,
     include_originals: Annotated[bool, typer.Option("--include-originals", help="Also copy the original images into OUT.")] = False,
     tight: Tight = None,
+    min_confidence: MinConfidence = None,
     feather: Annotated[float, typer.Option("--feather", help="Soft edge of the foreground, in pixels.", **_range("feather"))] = 2.0,
     scale: Annotated[str, typer.Option("--scale", help="Random foreground scale range a,b (e.g. 0.8,1.2).")] = "1,1",
     rotate: Annotated[float, typer.Option("--rotate", help="Random rotation up to this many degrees either way.", **_range("rotate"))] = 0.0,
@@ -455,7 +460,7 @@ def compose_cmd(
 
     variant = one_of({"--only-fg": only_fg, "--only-bg": only_bg}, default="swap")
     options = common.into(  # --scale / --fill read here until the compose package reads them
-        ComposeOptions, per_image=per_image, bg_from=bg_from.value, variant=variant, tight=tight, feather=feather, scale=floats(scale, "--scale", 2),
+        ComposeOptions, per_image=per_image, bg_from=bg_from.value, variant=variant, tight=tight, min_confidence=min_confidence, feather=feather, scale=floats(scale, "--scale", 2),
         rotate=rotate, translate=translate, fill=tuple(int(v) for v in floats(fill, "--fill", 3)), include_originals=include_originals,
         out_format=out_format.value, quality=quality, layout=layout.value, shard_size=shard_size,
     )
@@ -552,6 +557,7 @@ def run_cmd(
     model: InpaintModel = None,
     loose: Loose = None,
     tight: Tight = None,
+    min_confidence: MinConfidence = None,
     per_image: PerImage = 1,
     bg_from: BgFrom = BackgroundsFrom.any,
     out_format: EncodeFormat = OutputFormat.same,

@@ -458,8 +458,9 @@ def write_image_atomic(path: Path | str, array: np.ndarray, quality: int = 95) -
     write_bytes_atomic(path, encode_image(array, path.suffix, quality=quality))
 
 
-def encode_mask_png(mask: np.ndarray) -> bytes:
-    """A single-channel 8-bit PNG of a mask. Float input in [0, 1] is scaled to 0..255.
+def encode_mask_png(mask: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """A single-channel 8-bit PNG of a mask. Float input in [0, 1] is scaled to 0..255; ``text`` goes into tEXt
+    chunks before the pixels (Latin-1 keys and values; ``read_mask_text`` reads them back from the header alone).
 
     Written directly: every row with PNG's "Up" filter (masks change little from row to
     row) and zlib's run-length strategy. About 2x faster than OpenCV's encoder with its
@@ -482,12 +483,24 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit grayscale, no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    notes = b"".join(chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")) for key, value in (text or {}).items())
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + notes + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
-def write_mask_atomic(path: Path | str, mask: np.ndarray) -> None:
-    """Write a mask as a single-channel 8-bit PNG (see ``encode_mask_png``), atomically."""
-    write_bytes_atomic(path, encode_mask_png(mask))
+def write_mask_atomic(path: Path | str, mask: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """Write a mask as a single-channel 8-bit PNG (see ``encode_mask_png``; ``text``: its tEXt notes), atomically."""
+    write_bytes_atomic(path, encode_mask_png(mask, text))
+
+
+def read_mask_text(path: Path | str) -> dict[str, str]:
+    """The tEXt notes of a mask PNG, read from its header (no pixel is decoded); {} for a file that holds none
+    or cannot be read."""
+    try:
+        with Image.open(path) as img:
+            # ``info`` holds the notes before the pixels as the header is read (``text`` would decode the image)
+            return {k: v for k, v in img.info.items() if isinstance(k, str) and isinstance(v, str)} if img.format == "PNG" else {}
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return {}
 
 
 def remove_stale_temp_files(folder: Path | str) -> int:
@@ -525,8 +538,10 @@ def spread_sample(items: Sequence, count: int) -> list:
     return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] if count > 1 else [items[0]]
 
 
-def preview_grid(tiles: Iterable[np.ndarray], tile_size: int = 160, columns: int = 6, gap: int = 4) -> np.ndarray:
-    """Lay RGB tiles (each scaled to fit a square ``tile_size`` cell) out in a grid."""
+def preview_grid(tiles: Iterable[np.ndarray], tile_size: int = 160, columns: int = 6, gap: int = 4,
+                 captions: Sequence[str] | None = None) -> np.ndarray:
+    """Lay RGB tiles (each scaled to fit a square ``tile_size`` cell) out in a grid; ``captions``: a line of text
+    written over the top of each tile."""
     tiles = list(tiles)
     if not tiles:
         raise ValueError("no tiles for the preview")
@@ -542,4 +557,15 @@ def preview_grid(tiles: Iterable[np.ndarray], tile_size: int = 160, columns: int
         y = gap + r * (tile_size + gap) + (tile_size - arr.shape[0]) // 2
         x = gap + c * (tile_size + gap) + (tile_size - arr.shape[1]) // 2
         canvas[y : y + arr.shape[0], x : x + arr.shape[1]] = arr
+        if captions is not None and captions[i]:
+            _caption(canvas, captions[i], gap + c * (tile_size + gap), gap + r * (tile_size + gap), tile_size)
     return canvas
+
+
+def _caption(canvas: np.ndarray, text: str, x: int, y: int, width: int) -> None:
+    """A line of white text on a dark band at (x, y), cut to ``width`` pixels."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.38
+    while len(text) > 1 and cv2.getTextSize(text, font, scale, 1)[0][0] > width - 4:
+        text = text[:-2] + "~"
+    canvas[y : y + 14, x : x + width] = (canvas[y : y + 14, x : x + width] * 0.25).astype(np.uint8)
+    cv2.putText(canvas, text, (x + 2, y + 10), font, scale, (255, 255, 255), 1, cv2.LINE_AA)

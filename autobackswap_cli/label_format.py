@@ -129,3 +129,23 @@ def select_stratified(keys: Sequence[str], count: int, seed: int = 0, class_of: 
             if q and len(chosen) < count:
                 chosen.append(q.pop())
     return sorted(chosen)
+
+
+def select_uncertain(keys: Sequence[str], count: int, confidence: dict[str, float], labelled: set[str],
+                     class_of: Callable[[str], str] | None = None) -> list[str]:
+    """``label --pick uncertain``: the keys already ``labelled`` (they stay), then the least confident of the others
+    (``confidence``: key -> its mask's confidence; a key without one is not picked), taken class by class in turn so
+    every class gets its share of the new labels, until ``count`` keys are chosen. Returns the new picks, least
+    confident first."""
+    by_class: dict[str, list[str]] = {}
+    for key in keys:
+        if key not in labelled and key in confidence:
+            by_class.setdefault(class_of(key) if class_of else str(key).split("/")[0], []).append(key)
+    queues = [sorted(by_class[c], key=lambda k: (confidence[k], k), reverse=True) for c in sorted(by_class)]
+    wanted = count - sum(1 for key in keys if key in labelled)
+    picked: list[str] = []
+    while len(picked) < wanted and any(queues):
+        for queue in queues:
+            if queue and len(picked) < wanted:
+                picked.append(queue.pop())
+    return sorted(picked, key=lambda k: (confidence[k], k))

@@ -331,11 +331,13 @@ class ImportRequest:
     threshold: float = 0.25
     count: int | None = None
     seed: int = 0
+    choose: Callable[[Sequence[ImageItem]], set[str]] | None = None  # which available items to import (rel); None: ``count``
 
 
 def import_labels(data_dir: Path, out_dir: Path, items: Sequence[ImageItem], request: ImportRequest, options, warnings: Sequence[str] = ()):
     """Turn masks / a masks.csv / COCO into LABELS through the engine, then write labels.json; returns the run
-    report. ``count`` picks that many labelled images, stratified over classes."""
+    report. ``count`` picks that many labelled images, stratified over classes; ``choose`` (``--pick uncertain``)
+    picks them instead, from the images the source labels."""
     if request.kind == "masks":
         source = source_from_masks(request.path, items, request.grid or DEFAULT_GRID, request.threshold)
     elif request.kind == "csv":
@@ -346,7 +348,10 @@ def import_labels(data_dir: Path, out_dir: Path, items: Sequence[ImageItem], req
     for w in source.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     targets = source.available
-    if request.count is not None:
+    if request.choose is not None:
+        keep = request.choose(targets)
+        targets = [it for it in targets if str(it.rel) in keep]
+    elif request.count is not None:
         class_of = {str(it.rel): it.cls for it in targets}
         keep = set(select_stratified(list(class_of), request.count, request.seed, class_of.get))
         targets = [it for it in targets if str(it.rel) in keep]

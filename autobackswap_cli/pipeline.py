@@ -27,7 +27,7 @@ from .segmenter.train import TrainOptions, thresholds_line, train_segmenter
 
 SECTIONS = ("train", "segment", "inpaint", "region", "compose", "layout")  # replayed from a record; `run` (shard, ...) is not
 # the step options `run` offers besides the shared ones (engine.CommonOptions) and the layout's (engine.DatasetLayout)
-RUN_STEP_OPTIONS = ("backbone", "pretrained", "epochs", "refine", "method", "model", "loose", "tight", "per_image", "bg_from",
+RUN_STEP_OPTIONS = ("backbone", "pretrained", "epochs", "refine", "method", "model", "loose", "tight", "min_confidence", "per_image", "bg_from",
                     "out_format", "quality", "layout", "shard_size")
 # fields that a `run` option of their name leaves alone: the segmenter trains at its own batch size (the shared
 # --batch-size is the item steps'), and --preview is the composites' grid, not segment's
@@ -118,11 +118,11 @@ def run_options(common: CommonOptions, layout: DatasetLayout, values: Mapping[st
 
 
 def _choices() -> dict[str, dict[str, tuple]]:
-    from .choices import Backbone, BackgroundsFrom, InpaintMethod, OutputFormat, OutputLayout, Precision, Refine
+    from .choices import Backbone, BackgroundsFrom, InpaintMethod, OutputFormat, OutputLayout, Precision, PreviewOrder, Refine
     from .compose import VARIANTS
 
     return {"train": {"backbone": Backbone.values()},
-            "segment": {"refine": Refine.values(), "precision": Precision.values()},
+            "segment": {"refine": Refine.values(), "precision": Precision.values(), "preview_order": PreviewOrder.values()},
             "inpaint": {"method": InpaintMethod.values(), "precision": Precision.values()},
             "compose": {"bg_from": BackgroundsFrom.values(), "out_format": OutputFormat.values(), "layout": OutputLayout.values(),
                         "variant": tuple(VARIANTS)}}
@@ -156,7 +156,7 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
     """Run every step in order; returns the item steps' reports (failures do not stop later steps). WORK gets a
     run record with every step's options (``run --config`` replays it). An image with no foreground is no
     failure: segment writes its empty mask, inpaint keeps it as its own background, compose leaves it out and
-    counts it (``no_foreground``); only failures make the exit code 1. Every step places images in classes by
+    counts it (``no_foreground``), as it does an image whose mask is probably wrong (``low_confidence``); only failures make the exit code 1. Every step places images in classes by
     ``options.layout``."""
     with using_layout(options.layout):
         return _run_steps(data, labels, work, options)
@@ -192,7 +192,8 @@ def _run_steps(data: Path, labels: Path, work: Path, options: PipelineOptions) -
     reports.append(run_step(compose, items, options.run, warnings))
     print_summary(reports[-1])
     failed = sum(r.failed for r in reports)
-    counts = {r.step: {"done": r.done, "skipped": r.skipped, "failed": r.failed, "no_foreground": len(r.no_foreground)} for r in reports}
+    counts = {r.step: {"done": r.done, "skipped": r.skipped, "failed": r.failed, "no_foreground": len(r.no_foreground),
+                       "low_confidence": len(r.low_confidence)} for r in reports}
     write_run_record(record_path(Path(work), options.run.shard), build_record("run", status=status_of(failed), options=options.recorded(), counts=counts,
                                                            wall_time_s=time.perf_counter() - t0, data=str(data), labels=str(labels)))
     return reports

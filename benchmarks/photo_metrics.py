@@ -95,3 +95,27 @@ def group_accuracy(rows: list[dict], predicted: list[str]) -> dict:
         hits.setdefault(f"{r['class']}@{r['background']}", []).append(p == r["class"])
     per_group = {g: float(np.mean(v)) for g, v in hits.items()}
     return {"worst_group": min(per_group.values()), "mean": float(np.mean([h for v in hits.values() for h in v])), "groups": per_group}
+
+
+def auroc(scores: list[float], positive: list[bool]) -> float | None:
+    """The area under the ROC curve of ``scores`` for telling the ``positive`` cases from the others (higher score
+    = more likely positive; ties count half): the chance that a random positive outscores a random negative.
+    None when either side is empty."""
+    s, y = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    pos, neg = s[y], s[~y]
+    if not len(pos) or not len(neg):
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def failure_filter(ious: list[float], confidences: list[float], threshold: float, failed_below: float = 0.5) -> dict:
+    """How a confidence threshold sorts masks: the share of images it leaves out (confidence < ``threshold``), the
+    share of the failed masks (IoU < ``failed_below``) among them, and the AUROC of the confidence for telling
+    failed masks from the rest (the failed ones are the positives of ``1 - confidence``)."""
+    failed = [iou < failed_below for iou in ious]
+    out = [c < threshold for c in confidences]
+    caught = sum(f and o for f, o in zip(failed, out))
+    return {"images": len(ious), "failed": sum(failed), "left_out": sum(out), "left_out_share": sum(out) / max(1, len(ious)),
+            "failed_caught": caught, "failed_caught_share": caught / sum(failed) if any(failed) else None,
+            "auroc": auroc([1 - c for c in confidences], failed), "threshold": threshold}

@@ -62,6 +62,7 @@ from autobackswap_cli.classifier import load_classifier  # noqa: E402
 from autobackswap_cli.compose import foreground_alpha  # noqa: E402
 from autobackswap_cli.images import read_image, read_mask, scan_image_folder  # noqa: E402
 from autobackswap_cli.inpaint.step import FillRegion, fill_region  # noqa: E402
+from autobackswap_cli.mask_quality import confidence_threshold, read_mask_quality  # noqa: E402
 
 CONDITIONS = ("ours", "ceiling", "grabcut", "u2netp", "originals")
 PEERS = ("grabcut", "u2netp")  # zero-label peers: masks made without our labels, filled with Telea, pasted plainly
@@ -132,7 +133,8 @@ def quality(data: Path, masks: Path, backgrounds: Path | None, compose_dir: Path
         o = run_record(inpaint_dir)["options"]
         region = FillRegion(loose=o["loose_threshold"], dilate=o["dilate_px"])
     rows = {"iou": [], "halo": [], "psnr": [], "texture": [], "filled": []}
-    lost, found = [], []
+    lost, found, confidences = [], [], []
+    scores = read_mask_quality(masks) or {}
     per_class: dict[str, dict[str, list[float]]] = {}
     for item in scan_image_folder(data / "train").items:
         if item.key in exclude:
@@ -140,6 +142,7 @@ def quality(data: Path, masks: Path, backgrounds: Path | None, compose_dir: Path
         truth = read_mask(data / "masks/train" / item.rel.with_suffix(".png"))
         mask = read_mask(masks / item.rel.with_suffix(".png"), truth.shape)
         rows["iou"].append(photo_metrics.mask_iou(mask, truth))
+        confidences.append(scores.get(str(item.rel)))
         lost.append(photo_metrics.object_lost(mask, truth))
         found.append(float((mask >= 0.5).mean()))
         alpha = foreground_alpha(mask, compose_options["tight"], compose_options["feather"])
@@ -162,6 +165,8 @@ def quality(data: Path, masks: Path, backgrounds: Path | None, compose_dir: Path
     figures["texture"] = float(texture[0] / texture[1]) if texture[1] > 0 else None
     figures["misses"] = photo_metrics.misses(rows["iou"], lost, found) if rows["iou"] else None
     figures["per_class"] = {c: {k: float(np.mean(v)) for k, v in r.items()} for c, r in sorted(per_class.items())}
+    if scores and None not in confidences:  # how well segment's confidences tell the failed masks (IoU < 0.5)
+        figures["confidence"] = photo_metrics.failure_filter(rows["iou"], confidences, confidence_threshold(masks)[0])
     figures["failed"] = run_record(compose_dir)["counts"]["failed"] + (run_record(inpaint_dir)["counts"]["failed"] if inpaint_dir else 0)
     return figures
 
@@ -277,6 +282,13 @@ def table(variant: str, result: dict) -> str:
                 cells = [f"{fmt(r['per_class'][c]['iou'])} | {fmt(r['per_class'][c]['halo'])}" for c in classes]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    for name, r in result["conditions"].items():
+        if r.get("confidence"):
+            c = r["confidence"]
+            caught = f"{c['failed_caught']} of {c['failed']}" if c["failed"] else "none failed"
+            lines.append(f"- {name}: mask confidence tells the {c['failed']} failed masks (IoU < 0.5) from the rest with AUROC "
+                         f"{fmt(c['auroc'])}; below {c['threshold']:g}: {c['left_out']} images ({c['left_out_share']:.1%}), "
+                         f"holding {caught} failed")
     for name, r in result["conditions"].items():
         if r.get("misses"):
             m = r["misses"]

@@ -33,7 +33,7 @@ EXPECTED = {
     "segment": ENGINE | {"--device", "--precision", "--batch-size"},
     "inpaint": ENGINE | {"--device", "--precision", "--batch-size", "--seed"},
     "compose": ENGINE | {"--seed"},
-    "label": {"--seed", "--workers", "--overwrite", "--fail-fast", "--no-progress"},
+    "label": {"--seed", "--device", "--batch-size", "--workers", "--overwrite", "--fail-fast", "--no-progress"},  # device, batch size: --pick uncertain
     "train-segmenter": {"--device", "--seed", "--batch-size", "--no-progress"},
     "train-classifier": {"--device", "--seed", "--batch-size", "--no-progress"},
     "evaluate": {"--device", "--seed", "--batch-size", "--preview", "--no-progress"},

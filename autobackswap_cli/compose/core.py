@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from ..engine import DatasetLayout, NoForeground, StepError
-from ..images import ImageError, ImageItem, bounding_box, mirror_path, read_image, read_mask
+from ..engine import DatasetLayout, LowConfidence, NoForeground, StepError
+from ..images import ImageError, ImageItem, bounding_box, mirror_path, path_key, read_image, read_mask
+from ..mask_quality import confidence_threshold, read_mask_quality
 from ..mask_thresholds import mask_threshold
 from .pool import BG_RULES, BackgroundPool
 
@@ -157,17 +158,31 @@ class Compositor:
     """THE compose core: mask -> alpha -> placement -> blend, for one MASKS folder and one pool of backgrounds.
 
     ``compose``, ``BackSwapDataset`` and ``evaluate`` all cut out and paste through it, so a composite is the same
-    wherever it is made. ``tight`` None: what the masks' segmenter chose, else 0.5.
+    wherever it is made. ``tight`` None: what the masks' segmenter chose, else 0.5. ``min_confidence``: masks whose
+    confidence (MASKS/mask_quality.csv) is below it are not trusted: their images are not cut out (``trust``) and
+    their backgrounds (the object may still be in them) stay out of the pool; None: what ``segment`` recorded, else
+    the default; 0 (evaluate's): every mask is used.
     """
 
     def __init__(self, masks_dir: Path, backgrounds_dir: Path, tight: float | None = None, feather: float = DEFAULT_FEATHER,
-                 layout: DatasetLayout | None = None):
+                 layout: DatasetLayout | None = None, min_confidence: float | None = 0.0):
         self.masks_dir = Path(masks_dir)
         if not self.masks_dir.is_dir():
             raise StepError(f"masks folder not found: {self.masks_dir}")
         self.tight, self.tight_source = mask_threshold(self.masks_dir, "tight", tight)
         self.feather = feather
-        self.pool = BackgroundPool(backgrounds_dir, layout)
+        self.min_confidence, self.min_confidence_source = confidence_threshold(self.masks_dir, min_confidence)
+        self.confidence = read_mask_quality(self.masks_dir) if self.min_confidence > 0 else None  # image -> confidence
+        self.distrusted = {path_key(image) for image, c in (self.confidence or {}).items() if c < self.min_confidence}
+        self.pool = BackgroundPool(backgrounds_dir, layout, leave_out=self.distrusted)
+
+    def trust(self, item: ImageItem) -> None:
+        """Raise ``LowConfidence`` (the image is left out, counted apart from failures) when the item's mask is
+        below ``min_confidence``. An image the table does not list (a mask made before confidences) is trusted."""
+        if item.key in self.distrusted:
+            confidence = self.confidence.get(str(item.rel))
+            said = f"{confidence:.2f}" if confidence is not None else "low"
+            raise LowConfidence(f"mask confidence {said} < --min-confidence {self.min_confidence:g}: probably a wrong mask")
 
     def alpha(self, item: ImageItem, size_hw: tuple[int, int] | None, required: bool = True) -> np.ndarray:
         """The item's cut-out alpha (its mask must have ``size_hw`` when given); with ``required``, a missing mask

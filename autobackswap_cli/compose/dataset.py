@@ -20,7 +20,8 @@ class BackSwapDataset:
     its foreground on a background chosen and placed as ``compose`` would, as a PIL image
     (or ``transform(image)``). Call ``set_epoch(e)`` each epoch for reproducible, changing
     combinations; with ``p_original`` the original image is returned that often instead, and
-    always for an image whose mask has no foreground (nothing to cut out). ``layout`` says where classes come
+    always for an image whose mask has no foreground (nothing to cut out) or is not trusted (its confidence is below
+    ``options.min_confidence``, as compose leaves it out). ``layout`` says where classes come
     from, as ``--class-level`` / ``--metadata`` do on the command line (default: the first folder).
     """
 
@@ -35,7 +36,8 @@ class BackSwapDataset:
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.targets = [self.class_to_idx[it.cls] for it in self.items]
         self.groups = [it.group for it in self.items]
-        self.core = Compositor(Path(masks_dir), Path(backgrounds_dir), self.options.tight, self.options.feather, layout)
+        self.core = Compositor(Path(masks_dir), Path(backgrounds_dir), self.options.tight, self.options.feather, layout,
+                               min_confidence=self.options.min_confidence)
         self.transform = transform
         self.p_original = p_original
         self.epoch = 0
@@ -54,6 +56,8 @@ class BackSwapDataset:
         rng = item_rng(o.seed, item.key, 0, epoch=self.epoch + 1)
         image = read_image(item.path)
         if self.p_original and rng.random() < self.p_original:
+            return image
+        if item.key in self.core.distrusted:  # a mask probably wrong: the image as it is
             return image
         alpha = self.core.alpha(item, image.shape[:2], required=False)
         if not alpha.any():

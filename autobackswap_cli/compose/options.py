@@ -20,6 +20,7 @@ class ComposeOptions:
     bg_from: str = "any"
     variant: str = "swap"
     tight: float | None = None  # alpha = P(fg) >= tight, then feathered; None: what MASKS' segmenter chose, else 0.5
+    min_confidence: float | None = None  # leave out images whose mask's confidence is below; None: MASKS' recorded, else the default; 0: none
     feather: float = DEFAULT_FEATHER
     scale: tuple[float, float] = (1.0, 1.0)
     rotate: float = 0.0  # degrees, uniform in [-rotate, rotate]
@@ -41,6 +42,8 @@ class ComposeOptions:
         lo, hi = self.scale
         if not 0 < lo <= hi:
             raise StepError(f"--scale a,b needs 0 < a <= b; got {lo},{hi}")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise StepError(f"--min-confidence must be in [0, 1]; got {self.min_confidence}")
         if self.per_image < 1:
             raise StepError("--per-image must be at least 1")
         if self.layout not in OUTPUT_LAYOUTS:

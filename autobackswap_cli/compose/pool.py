@@ -42,17 +42,22 @@ class BackgroundPool:
     """The backgrounds on disk, by class, and the rule to pick one for a foreground.
 
     A background's class (and group) follows the data layout (``layout``, default the active one), as its image's
-    does: BACKGROUNDS mirror DATA.
+    does: BACKGROUNDS mirror DATA. Backgrounds whose key is in ``leave_out`` (made from a mask not trusted: the
+    object may still be in them) are not in the pool.
     """
 
-    def __init__(self, backgrounds_dir: Path, layout: DatasetLayout | None = None):
+    def __init__(self, backgrounds_dir: Path, layout: DatasetLayout | None = None, leave_out: set[str] = frozenset()):
         self.root = Path(backgrounds_dir)
         if not self.root.is_dir():
             raise StepError(f"backgrounds folder not found: {self.root}")
         scan, _ = scan_dataset(self.root, layout, what="BACKGROUNDS")
         self.by_class: dict[str, list[str]] = {}
         self._index: dict[str, tuple[str, int, str | None]] = {}  # image key -> (class, position in by_class[class], group)
+        self.left_out = 0
         for it in scan.items:
+            if it.key in leave_out:
+                self.left_out += 1
+                continue
             members = self.by_class.setdefault(it.cls, [])
             self._index[it.key] = (it.cls, len(members), it.group)
             members.append(str(it.rel))

@@ -4,7 +4,9 @@ For every foreground image, ``per_image`` composites are planned as ``OUT/<class
 (planning is pure: the same item always gets the same composites) and made through the compose core. How they are
 written is the output layout's (``layouts.OUTPUT_LAYOUTS``); the image-files layout keeps ``manifest.csv`` (a row per
 composite, streamed to disk and sorted at the end) and a journal of finished items, here. An image whose tight mask
-holds no foreground is left out (``NoForeground``: counted and listed in the run record, not a failure).
+holds no foreground is left out (``NoForeground``: counted and listed in the run record, not a failure), and so is
+an image whose mask's confidence is below ``--min-confidence`` (``LowConfidence``; its background stays out of the
+pool too).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engine import RunReport, Step, active_layout
+from ..engine import RunReport, Step, active_layout, console
 from ..images import FolderListing, ImageError, ImageItem, read_image
 from ..manifest import Journal, ManifestSpool
 from .core import Compositor, Placement, item_rng, key_digest, placement_matrix, sample_placement
@@ -48,7 +50,7 @@ class ComposeStep(Step):
     def __init__(self, masks_dir: Path, backgrounds_dir: Path, out_dir: Path, options: ComposeOptions,
                  preview: str | None = None, preview_count: int = 24):
         options.check()
-        self.core = Compositor(masks_dir, backgrounds_dir, options.tight, options.feather)
+        self.core = Compositor(masks_dir, backgrounds_dir, options.tight, options.feather, min_confidence=options.min_confidence)
         self.out_dir = Path(out_dir)
         self.options = options
         self.preview = preview
@@ -87,10 +89,15 @@ class ComposeStep(Step):
         self.writer.collect(item, info)
 
     def finish(self, report: RunReport, items: Sequence[ImageItem]) -> None:
+        if self.core.min_confidence > 0 and self.core.confidence is None:
+            note = (f"{self.core.masks_dir} holds no mask_quality.csv (masks made before confidences): no image is left out "
+                    f"for low confidence; segment again into a new folder to have them scored")
+            report.warnings.append(note)
+            console.print(f"[yellow]note:[/] {note}")
         self.writer.finish(report, items)
 
     def recorded_results(self) -> dict:
-        return self.writer.recorded_results()
+        return {**self.writer.recorded_results(), "backgrounds_left_out_low_confidence": self.core.pool.left_out}
 
     # ----------------------------------------------------------------- planning and making
 
@@ -119,6 +126,7 @@ class ComposeStep(Step):
     def process(self, item: ImageItem) -> list[tuple[Path, np.ndarray, dict]]:
         """The item's composites (path, pixels, manifest row), not yet written."""
         o = self.options
+        self.core.trust(item)
         image = read_image(item.path)
         h, w = image.shape[:2]
         if o.variant == "only-bg":
@@ -172,7 +180,8 @@ class ComposeStep(Step):
         o = self.options
         return {
             "masks": str(self.core.masks_dir), "backgrounds": str(self.core.pool.root), "variant": o.variant, "per_image": o.per_image,
-            "bg_from": o.bg_from, "tight": self.core.tight, "tight_from": self.core.tight_source, "feather": o.feather, "scale": list(o.scale), "rotate": o.rotate,
+            "bg_from": o.bg_from, "tight": self.core.tight, "tight_from": self.core.tight_source, "feather": o.feather,
+            "min_confidence": self.core.min_confidence, "min_confidence_from": self.core.min_confidence_source, "scale": list(o.scale), "rotate": o.rotate,
             "translate": o.translate, "include_originals": o.include_originals, "format": o.out_format, "quality": o.quality, "seed": o.seed,
         }
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import CommonOptions, RunReport, StepError, console, prepare_items
+from ..images import ImageItem
+from ..label_format import label_path, select_uncertain
 from ..labels import ImportRequest, export_csv, import_labels, read_labels_info, reference_names
 from .server import serve
 from .store import LabelStore
@@ -14,7 +16,8 @@ from .store import LabelStore
 @dataclass
 class LabelRequest:
     """What ``label`` was asked: at most one importer (``from_masks``, ``from_csv``, ``from_coco``: without one,
-    the labelling page), which images (``count``) on which grid, the importers' ``threshold``, a masks.csv to
+    the labelling page), which images (``count``, chosen by ``pick``: random, stratified over classes, or the
+    images whose masks ``segmenter`` is least sure of) on which grid, the importers' ``threshold``, a masks.csv to
     export, and for the page its pre-filling segmenter and its address."""
 
     from_masks: Path | None = None
@@ -25,6 +28,7 @@ class LabelRequest:
     threshold: float = 0.25
     export_csv: Path | None = None
     segmenter: Path | None = None
+    pick: str = "random"  # random | uncertain
     host: str = "127.0.0.1"
     port: int | None = None
     open_browser: bool = True
@@ -37,6 +41,14 @@ class LabelRequest:
             raise StepError("use one of --from-masks, --from-csv, --from-coco")
         return chosen[0] if chosen else None
 
+    def check_pick(self) -> None:
+        """``--pick uncertain`` needs the segmenter to ask and how many images LABELS should hold."""
+        if self.pick not in ("random", "uncertain"):
+            raise StepError(f"--pick must be random or uncertain; got {self.pick!r}")
+        if self.pick == "uncertain" and (self.segmenter is None or self.count is None):
+            raise StepError("--pick uncertain needs --segmenter SEGMENTER.safetensors (whose masks to check) and --count N "
+                            "(how many images LABELS should hold; those labelled already stay)")
+
 
 def make_labels(data: Path, out: Path, request: LabelRequest, common: CommonOptions | None = None) -> RunReport | None:
     """Make LABELS for DATA: import them (through the engine, with ``common``'s workers, overwrite, fail-fast,
@@ -44,14 +56,17 @@ def make_labels(data: Path, out: Path, request: LabelRequest, common: CommonOpti
     then write ``request.export_csv`` when asked. Returns the import's run report (None without an import)."""
     common = common or CommonOptions()
     importer = request.importer()
+    request.check_pick()
     items, warnings = prepare_items(data, out, other_inputs=[request.from_masks, request.from_csv, request.from_coco, request.segmenter],
                                     output_files=[("--export-csv", request.export_csv)])
     report = None
     if importer:
-        chosen = ImportRequest(*importer, grid=request.grid, threshold=request.threshold, count=request.count, seed=common.seed)
+        choose = (lambda available: set(pick_uncertain(available, out, request, common))) if request.pick == "uncertain" else None
+        chosen = ImportRequest(*importer, grid=request.grid, threshold=request.threshold, count=request.count, seed=common.seed, choose=choose)
         report = import_labels(data, out, items, chosen, common, warnings)
     elif not request.export_csv:
-        store = LabelStore(data, out, items, count=request.count, seed=common.seed, grid=request.grid, segmenter=request.segmenter)
+        first = pick_uncertain(items, out, request, common) if request.pick == "uncertain" else None
+        store = LabelStore(data, out, items, count=request.count, seed=common.seed, grid=request.grid, segmenter=request.segmenter, first=first)
         serve(store, host=request.host, port=request.port, open_browser=request.open_browser)
         return None
     if request.export_csv:
@@ -59,3 +74,23 @@ def make_labels(data: Path, out: Path, request: LabelRequest, common: CommonOpti
         console.print(f"exported {rows} labelled image(s) to {request.export_csv}"
                       + (f" ({unlabelled} unlabelled patches written as 0)" if unlabelled else ""))
     return report
+
+
+def pick_uncertain(candidates: list[ImageItem], labels_dir: Path, request: LabelRequest, common: CommonOptions) -> list[str]:
+    """``--pick uncertain``: the images (rel) to label next so that LABELS holds ``request.count``: the candidates
+    not labelled yet whose masks ``request.segmenter`` is least confident of (scored as ``segment`` scores them,
+    MASKS/mask_quality.csv's confidence), spread over classes; least confident first."""
+    from ..segmenter.predict import score_masks
+
+    labelled = {str(it.rel) for it in candidates if label_path(labels_dir, it).exists()}
+    unlabelled = [it for it in candidates if str(it.rel) not in labelled]
+    if len(labelled) >= request.count or not unlabelled:
+        return []
+    console.print(f"--pick uncertain: scoring the masks of {len(unlabelled)} unlabelled image(s) with {request.segmenter}")
+    confidence = score_masks(request.segmenter, unlabelled, common)
+    classes = {str(it.rel): it.cls for it in candidates}
+    picked = select_uncertain(list(classes), request.count, confidence, labelled, classes.get)
+    if picked:
+        shown = ", ".join(f"{rel} ({confidence[rel]:.2f})" for rel in picked[:5])
+        console.print(f"--pick uncertain: {len(picked)} image(s) picked, least confident first: {shown}{' ...' if len(picked) > 5 else ''}")
+    return picked

@@ -91,7 +91,8 @@ def resolve_grid(labels_dir: Path, grid: int | None, predictor_grid: int | None)
 class LabelStore:
     """The images to label, their grids on disk, and the session; safe to use from many threads."""
 
-    def __init__(self, data_dir: Path, labels_dir: Path, items: list[ImageItem], count: int | None = None, seed: int = 0, grid: int | None = None, segmenter: Path | None = None):
+    def __init__(self, data_dir: Path, labels_dir: Path, items: list[ImageItem], count: int | None = None, seed: int = 0, grid: int | None = None,
+                 segmenter: Path | None = None, first: list[str] | None = None):
         self.data_dir = Path(data_dir)
         self.labels_dir = Path(labels_dir)
         self.predictor = GridPredictor(segmenter) if segmenter else None
@@ -101,7 +102,7 @@ class LabelStore:
         self._lock = threading.RLock()
         self._predicted: dict[str, np.ndarray] = {}
         self.labels_dir.mkdir(parents=True, exist_ok=True)
-        self.session = self._open_session(count, seed)
+        self.session = self._open_session(count, seed) if first is None else self._open_picked(first, seed)
         self.state = {rel: self._state_on_disk(rel) for rel in self.session.images}
         self.labelled = {rel for rel in self.items if label_path(self.labels_dir, rel).exists()}
         self._info = self._open_info()
@@ -140,6 +141,22 @@ class LabelStore:
             self.notes.append(f"{len(missing)} image(s) of the saved selection are no longer in DATA: {', '.join(missing[:5])}")
             session.images = [k for k in session.images if k in self.items]
             session.skipped = [k for k in session.skipped if k in self.items]
+        self._write_session(session)
+        return session
+
+    def _open_picked(self, picked: list[str], seed: int) -> Session:
+        """``--pick uncertain``: the saved selection (or the images labelled so far) with ``picked`` served next,
+        before any other image still to label."""
+        path = self.labels_dir / SESSION_FILE
+        session = self._open_session(None, seed) if path.exists() else Session(count=0, seed=seed, images=[])
+        labelled = [rel for rel in self.items if label_path(self.labels_dir, rel).exists() and rel not in session.images]
+        images = [rel for rel in session.images + sorted(labelled) if rel not in picked]
+        started = [rel for rel in images if label_path(self.labels_dir, rel).exists()]
+        rest = [rel for rel in images if rel not in started]
+        session.images = started + list(picked) + rest
+        session.count = len(session.images)
+        if picked:
+            self.notes.append(f"--pick uncertain: {len(picked)} image(s) the segmenter is least sure of come next")
         self._write_session(session)
         return session
 

@@ -202,6 +202,12 @@ class SalientSegmenter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(*self.encode(x), x)
 
+    def forward_with_saliency(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``'s pixel logits, and the stretched saliency logits the model started from (B x H x W each):
+        the mask's confidence compares the two."""
+        logits, features = self.encode(x)
+        return self.decode(logits, features, x), _stretched_logit(logits)[:, 0]
+
 
 register("u2netp", segmenter=lambda grid, shipped, names=None: SalientSegmenter(
     grid, shipped, semantic=names is None or any(n.startswith("semantics.") for n in names)))

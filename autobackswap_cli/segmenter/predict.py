@@ -8,15 +8,18 @@ size, optionally snap edges to the image (``--refine``, see ``refine``), and wri
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..engine import PRECISIONS, RunReport, Step, StepError, console, resolve_device, resolve_devices, resolve_precision
-from ..images import ImageItem, mirror_path, overlay_mask, preview_grid, read_image, read_mask, spread_sample, write_image_atomic, write_mask_atomic
+from ..engine import PRECISIONS, RunReport, Shard, Step, StepError, console, resolve_device, resolve_devices, resolve_precision
+from ..images import (ImageItem, mirror_path, overlay_mask, preview_grid, read_image, read_mask, read_mask_text, spread_sample, write_image_atomic,
+                      write_mask_atomic)
+from ..mask_quality import CONFIDENCE_NOTE, DEFAULT_MIN_CONFIDENCE, QUALITY_FILE, format_confidence, parse_confidence, update_mask_quality
+from .confidence import mask_confidence
 from .refine import REFINE_METHODS, guided_filter, refine_mask, refined_mask, upsample_probabilities
 
 __all__ = ["REFINE_METHODS", "SECOND_LOOK_BELOW", "PatchPredictor", "SegmentOptions", "SegmentStep", "guided_filter", "mask_iou",
@@ -44,6 +47,8 @@ class SegmentOptions:
     truth: str | None = None  # a folder of ground-truth masks mirroring DATA: report IoU against it
     gpus: int | None = None  # with --device cuda: use the first N GPUs (default: every visible one)
     second_look: float = SECOND_LOOK_BELOW  # foreground share below which a pixel model looks again (SECOND_LOOK_SCALES); 0: never
+    preview_order: str = "least-confident"  # --preview shows the least confident masks first, or "spread" over DATA
+    write_masks: bool = True  # False: only score each mask (its confidence, in ``SegmentStep.confidences``), write nothing
 
 
 class PatchPredictor:
@@ -88,27 +93,29 @@ class PatchPredictor:
         second = self.model_input(image, self.second_look_size) if self.second_look_size else None
         return self.model_input(image), second
 
-    def predict(self, inputs: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[list[np.ndarray], list[bool]]:
-        """(foreground probabilities per image, whether each was looked at again) for ``model_inputs`` pairs.
-        An image where the first look finds foreground in less than ``second_look`` of its pixels takes the
-        probabilities of an extra look instead (see SECOND_LOOK_SCALES)."""
-        probs = list(self([first for first, _ in inputs]))
-        found = lambda p: float((p >= 0.5).mean())  # noqa: E731
-        pending = [i for i, p in enumerate(probs) if inputs[i][1] is not None and found(p) < self.second_look]
+    def predict(self, inputs: list[tuple[np.ndarray, np.ndarray | None]]) -> list[tuple[np.ndarray, np.ndarray | None, bool]]:
+        """For ``model_inputs`` pairs, per image: the foreground probabilities, the saliency map of the same look
+        (``looks``; None for a patch model) and whether the model looked at the image again. An image where the
+        first look finds foreground in less than ``second_look`` of its pixels takes an extra look's instead (see
+        SECOND_LOOK_SCALES)."""
+        probs, saliency = self.looks([first for first, _ in inputs])
+        chosen = [(p, None if saliency is None else saliency[i]) for i, p in enumerate(probs)]
+        found = lambda look: float((look[0] >= 0.5).mean())  # noqa: E731
+        pending = [i for i, look in enumerate(chosen) if inputs[i][1] is not None and found(look) < self.second_look]
         again, extra = set(pending), {}
         for size in self.second_look_sizes:
             if not pending:
                 break
             # One image at a time: a few images of a batch look again, and a chunk of 8 at 1.5-2x the size would
             # cost each batch about as much as its whole first look.
-            looks = [self._resized_input(inputs[i][1], size) for i in pending]
-            for i, p in zip(pending, self(looks, chunk=self.second_look_chunk)):
-                if i not in extra or found(p) > found(extra[i]):
-                    extra[i] = p
+            more, more_saliency = self.looks([self._resized_input(inputs[i][1], size) for i in pending], chunk=self.second_look_chunk)
+            for k, i in enumerate(pending):
+                look = (more[k], None if more_saliency is None else more_saliency[k])
+                if i not in extra or found(look) > found(extra[i]):
+                    extra[i] = look
             pending = [i for i in pending if found(extra[i]) < self.second_look]
-        for i, p in extra.items():
-            probs[i] = p
-        return probs, [i in again for i in range(len(probs))]
+        chosen = [extra.get(i, look) for i, look in enumerate(chosen)]
+        return [(p, sal, i in again) for i, (p, sal) in enumerate(chosen)]
 
     def _resized_input(self, largest: np.ndarray, size: int) -> np.ndarray:
         """A C x S x S model input resized from the largest look's input (as it came from the worker)."""
@@ -132,7 +139,13 @@ class PatchPredictor:
     second_look_chunk = 1  # ... and an extra look, at a larger size, one image at a time
 
     def __call__(self, inputs: list[np.ndarray], chunk: int | None = None) -> np.ndarray:
-        """N x P x P foreground probabilities for ``model_input`` arrays.
+        """N x P x P foreground probabilities for ``model_input`` arrays (``looks`` without the saliency)."""
+        return self.looks(inputs, chunk)[0]
+
+    def looks(self, inputs: list[np.ndarray], chunk: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """N x P x P foreground probabilities for ``model_input`` arrays, and N x P x P of the salient-object map
+        the model started from (U^2-Net-p's, stretched; None for a model without one): where the two disagree, the
+        labels moved the model away from what stands out, and the confidence (``confidence.py``) reads that.
 
         Kernels may pick another algorithm for another batch size, and their sums then differ in the last bits
         (a mask pixel by one grey level). So the model only ever runs on batches of exactly ``chunk`` images
@@ -148,13 +161,19 @@ class PatchPredictor:
         padded = -len(stacked) % chunk
         if padded:
             stacked = np.concatenate([stacked, np.zeros((padded, *stacked.shape[1:]), stacked.dtype)])
-        out = []
+        probs, saliency = [], []
+        with_saliency = hasattr(self.model, "forward_with_saliency")
         for start in range(0, len(stacked), chunk):
             x = torch.from_numpy(stacked[start : start + chunk]).to(self.device, non_blocking=True)
             x = ((x.float() / 255.0 - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                out.append(torch.sigmoid(self.model(x).float()).cpu().numpy())
-        return np.concatenate(out)[: len(inputs)]
+                if with_saliency:
+                    logits, salient = self.model.forward_with_saliency(x)
+                    saliency.append(torch.sigmoid(salient.float()).cpu().numpy())
+                else:
+                    logits = self.model(x)
+                probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        return np.concatenate(probs)[: len(inputs)], np.concatenate(saliency)[: len(inputs)] if with_saliency else None
 
 
 def _dtype_name(dtype) -> str | None:
@@ -162,7 +181,8 @@ def _dtype_name(dtype) -> str | None:
 
 
 class SegmentStep(Step):
-    """MASKS/<class>/<name>.png = P(foreground) * 255 at the image's size."""
+    """MASKS/<class>/<name>.png = P(foreground) * 255 at the image's size, each with its confidence (a PNG note),
+    and MASKS/mask_quality.csv, the confidences of every mask (``mask_quality``)."""
 
     name = "segment"
 
@@ -173,6 +193,8 @@ class SegmentStep(Step):
             raise StepError(f"--truth: ground-truth mask folder not found: {options.truth}")
         self.predictor = PatchPredictor(checkpoint, options.device, options.precision, options.second_look)
         self.second_looks = 0  # images looked at again (SECOND_LOOK_BELOW), counted in the main process by collect
+        self.confidences: dict[str, float] = {}  # image (rel) -> its mask's confidence, for this run's masks
+        self.quality_summary: dict | None = None
         from .model import BACKBONES
 
         self.compute_bound = BACKBONES[self.predictor.backbone].heavy
@@ -186,7 +208,7 @@ class SegmentStep(Step):
         self._replicas: list[SegmentStep] = []
 
     def outputs(self, item: ImageItem) -> list[Path]:
-        return [mirror_path(self.out_dir, item.rel, ".png")]
+        return [mirror_path(self.out_dir, item.rel, ".png")] if self.options.write_masks else []
 
     def replicas(self) -> list[SegmentStep]:
         """One copy of this step per device (every GPU of ``--device cuda``); the model's fixed chunks make each
@@ -219,21 +241,53 @@ class SegmentStep(Step):
 
     def compute(self, batch: list[tuple[tuple[np.ndarray, np.ndarray | None], Any]]) -> list[tuple[np.ndarray, Any]]:
         """Main process: foreground probabilities for a batch; what ``prepare`` passed along goes on to ``write``."""
-        probs, looked_again = self.predictor.predict([b[0] for b in batch])
-        return [(p, (b[1], again)) for p, b, again in zip(probs, batch, looked_again)]
+        looks = self.predictor.predict([b[0] for b in batch])
+        return [(probs, (b[1], again, saliency)) for (probs, saliency, again), b in zip(looks, batch)]
 
-    def write(self, item: ImageItem, result: tuple[np.ndarray, tuple[tuple[tuple[int, int], np.ndarray | None], bool]]) -> bool:
-        """Worker: upsample, refine and write the mask; returns whether the model looked at the image again."""
-        probs, (((h, w), guide), looked_again) = result
-        soft = upsample_probabilities(probs, h, w)
+    def write(self, item: ImageItem, result: tuple[np.ndarray, tuple[tuple[tuple[int, int], np.ndarray | None], bool, np.ndarray | None]]) -> tuple[bool, float]:
+        """Worker: upsample, refine, score and write the mask (its confidence in a PNG note); returns whether the
+        model looked at the image again, and the confidence."""
+        probs, (((h, w), guide), looked_again, saliency) = result
+        coarse = soft = upsample_probabilities(probs, h, w)
         if guide is not None:
-            soft = refine_mask(guide, soft, self.options.refine, cell=max(h, w) / self.predictor.grid)
-        write_mask_atomic(mirror_path(self.out_dir, item.rel, ".png"), soft)
-        return looked_again
+            soft = refine_mask(guide, coarse, self.options.refine, cell=max(h, w) / self.predictor.grid)
+        confidence = float(format_confidence(mask_confidence(probs, coarse, soft, looked_again, saliency)))
+        if not self.options.write_masks:
+            return looked_again, confidence
+        write_mask_atomic(mirror_path(self.out_dir, item.rel, ".png"), soft, {CONFIDENCE_NOTE: format_confidence(confidence)})
+        return looked_again, confidence
 
-    def collect(self, item: ImageItem, looked_again: bool) -> None:
+    def _write_quality(self, items: list[ImageItem]) -> dict[str, float]:
+        """Merge this shard's confidences into MASKS/mask_quality.csv (those of masks an earlier run wrote come from
+        their PNG notes), say how many masks are below the default threshold; returns image -> confidence."""
+        scores, unscored = dict(self.confidences), 0
+        for item in items:
+            rel = str(item.rel)
+            if rel not in scores:
+                path = mirror_path(self.out_dir, item.rel, ".png")
+                value = parse_confidence(read_mask_text(path).get(CONFIDENCE_NOTE)) if path.exists() else None
+                if value is not None:
+                    scores[rel] = value
+                elif path.exists():
+                    unscored += 1
+        if not scores and not unscored:
+            return scores
+        rows = update_mask_quality(self.out_dir, scores)
+        low = sorted(rel for rel, c in scores.items() if c < DEFAULT_MIN_CONFIDENCE)
+        self.quality_summary = {"file": QUALITY_FILE, "images": len(scores), "rows": rows, "below_min_confidence": len(low),
+                                "min_confidence": DEFAULT_MIN_CONFIDENCE, "unscored": unscored}
+        console.print(f"mask confidence: {len(low)} of {len(scores)} masks below {DEFAULT_MIN_CONFIDENCE:g}, probably wrong "
+                      f"(compose leaves them out; the lowest first with --preview) -> {self.out_dir / QUALITY_FILE}")
+        if unscored:
+            console.print(f"[yellow]note:[/] {unscored} mask(s) carry no confidence (made by an older version, or by hand): "
+                          f"segment with --overwrite to score them")
+        return scores
+
+    def collect(self, item: ImageItem, info: tuple[bool, float]) -> None:
         # Here, not in compute: with --executor ray or one replica per GPU, compute runs on copies of this step.
+        looked_again, confidence = info
         self.second_looks += bool(looked_again)
+        self.confidences[str(item.rel)] = confidence
 
     def recorded_options(self) -> dict:
         p = self.predictor
@@ -245,6 +299,7 @@ class SegmentStep(Step):
             "refine": self.options.refine,
             "second_look": {"below": p.second_look, "image_sizes": list(p.second_look_sizes)} if p.second_look_sizes else None,
             "thresholds": self.thresholds,
+            "min_confidence": {"value": DEFAULT_MIN_CONFIDENCE, "source": "default"},
             "device": ",".join(self.devices) if self.devices else self.options.device,
             "dtype": _dtype_name((self._replicas or [self])[0].predictor.dtype),
         }
@@ -253,13 +308,19 @@ class SegmentStep(Step):
         results = {"second_looks": self.second_looks} if self.predictor.second_look_size else {}
         if self.truth_report:
             results["iou_against_truth"] = self.truth_report
+        if self.quality_summary:
+            results["mask_quality"] = self.quality_summary
         return results
 
     def finish(self, report: RunReport, items: list[ImageItem]) -> None:
+        if not self.options.write_masks:
+            return
+        scores = self._write_quality(items)
         if self.options.preview:
-            finished = [it for it in items if mirror_path(self.out_dir, it.rel, ".png").exists()]
+            finished = [it for it in items if str(it.rel) in scores or mirror_path(self.out_dir, it.rel, ".png").exists()]
             if finished:
-                write_mask_preview(spread_sample(finished, self.options.preview_count), self.out_dir, Path(self.options.preview))
+                chosen = preview_items(finished, scores, self.options.preview_order, self.options.preview_count)
+                write_mask_preview(chosen, self.out_dir, Path(self.options.preview), scores)
         if self.options.truth:
             self.truth_report = mask_iou_report(items, self.out_dir, Path(self.options.truth))
             t = self.truth_report
@@ -268,6 +329,29 @@ class SegmentStep(Step):
                     f"IoU against {self.options.truth} (mask >= 0.5): mean {t['mean_iou']:.3f}, "
                     f"worst {t['min_iou']:.3f} over {t['images']} images"
                 )
+
+
+def preview_items(items: list[ImageItem], confidences: dict[str, float], order: str, count: int) -> list[ImageItem]:
+    """The masks ``segment --preview`` shows: the ``count`` least confident, lowest first (``order``
+    "least-confident"; a mask with no confidence comes last), or ``count`` spread evenly over ``items``."""
+    if order == "least-confident":
+        return sorted(items, key=lambda it: (confidences.get(str(it.rel), 2.0), str(it.rel)))[:count]
+    return spread_sample(items, count)
+
+
+def score_masks(checkpoint: Path, items: list[ImageItem], common) -> dict[str, float]:
+    """Each item's mask confidence (image rel -> confidence) as ``segment`` would write it, without writing a
+    mask: the segment step through the engine (``common``'s device, workers, batch size, progress), scoring only
+    (``label --pick uncertain``)."""
+    import tempfile
+
+    from ..engine import run_step
+
+    options = common.into(SegmentOptions, write_masks=False, preview=None)
+    with tempfile.TemporaryDirectory(prefix="autobackswap-score-") as tmp:
+        step = SegmentStep(checkpoint, Path(tmp), options)
+        run_step(step, items, replace(common, shard=Shard(), overwrite=True))
+    return step.confidences
 
 
 def mask_iou(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
@@ -290,12 +374,15 @@ def mask_iou_report(items: list[ImageItem], masks_dir: Path, truth_dir: Path) ->
     return {"images": len(ious), "mean_iou": round(float(np.mean(ious)), 4), "min_iou": round(float(np.min(ious)), 4)}
 
 
-def write_mask_preview(items: list[ImageItem], masks_dir: Path, out_png: Path) -> None:
-    """Overlay grid: each image with its mask tinted red."""
-    tiles = []
+def write_mask_preview(items: list[ImageItem], masks_dir: Path, out_png: Path, confidences: dict[str, float] | None = None) -> None:
+    """Overlay grid: each image with its mask (background dimmed, outline drawn), captioned with its confidence
+    and name when ``confidences`` are given."""
+    tiles, captions = [], []
     for item in items:
         image = read_image(item.path)
         mask = read_mask(mirror_path(masks_dir, item.rel, ".png"), image.shape[:2])
         tiles.append(overlay_mask(image, mask))
-    write_image_atomic(out_png, preview_grid(tiles))
+        confidence = (confidences or {}).get(str(item.rel))
+        captions.append(f"{confidence:.2f} {item.rel.name}" if confidence is not None else item.rel.name)
+    write_image_atomic(out_png, preview_grid(tiles, captions=captions))
     console.print(f"preview: {out_png}")
