@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO ?= demo_work
 ABS := $(BIN)/autobackswap
 
-.PHONY: install demo test browser bench bench-real sample-data clean gpu-check gpu-wheels
+.PHONY: install demo test browser bench bench-real bench-labels bench-compose-defaults bench-report sample-data clean gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,7 +66,28 @@ bench: $(BENCH_STAMP)
 ## apt-get download, see benchmarks/debian_photos.py; judged by a linear probe on ImageNet features) and three
 ## repeated-object variants with 3 classifier seeds (~1.5 hours on 2 cores). Installs the [bench] extra.
 bench-real: $(BENCH_STAMP)
-	$(BIN)/python benchmarks/real_photos.py --json benchmarks/out/real_photos.json
+	$(BIN)/python benchmarks/real_photos.py --json benchmarks/results/real_photos.json
+	$(BIN)/python benchmarks/report.py
+
+## bench-labels: the two-round labelling loop (label --pick uncertain) against random labels, same budget, on the
+## held-out-object photos (~40 minutes on 2 cores)
+bench-labels: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/label_loop.py --json benchmarks/results/label_loop.json
+	$(BIN)/python benchmarks/report.py
+
+## bench-compose-defaults: compose and fill options swapped one at a time on the tuning sets (data seed 1), judged
+## by worst-group accuracy over 5 paired seeds (hours on 2 cores); keeps its folders in $(TUNE_WORK)
+TUNE_WORK ?= benchmarks/out/tune
+bench-compose-defaults: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/real_photos.py --data-seed 1 --conditions ours --no-classifier --work $(TUNE_WORK) \
+		--variants instances-distractors,instances,plain,distractors
+	$(BIN)/python benchmarks/compose_defaults.py --work $(TUNE_WORK) --variants instances-distractors,instances,plain,distractors \
+		--json benchmarks/results/compose_defaults.json
+	$(BIN)/python benchmarks/report.py
+
+## bench-report: benchmarks/README.md from the results in benchmarks/results/
+bench-report: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/report.py
 
 ## sample-data: regenerate the committed sample_data/ (deterministic)
 sample-data: $(STAMP)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_info import run_info  # noqa: E402
 import probe_judge  # noqa: E402
 import real_photos  # noqa: E402
 import stamp_photo_data  # noqa: E402
@@ -122,7 +123,7 @@ def main() -> None:
         print(table(variant, result) + "\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"seeds": seeds, "variants": results}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"run": run_info(), "seeds": seeds, "variants": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

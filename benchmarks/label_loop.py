@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_info import run_info  # noqa: E402
 import photo_metrics  # noqa: E402
 import real_photo_data  # noqa: E402
 import real_photos  # noqa: E402
@@ -107,7 +108,7 @@ def main() -> None:
     print(table(results, args.labels))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"labels": args.labels, "data_seed": args.data_seed, "variants": results}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"run": run_info(), "labels": args.labels, "data_seed": args.data_seed, "variants": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ For each variant and condition it prints, side by side:
 
 Conditions:
 - ``ours``: `autobackswap run` with all defaults and 150 patch labels imported from true masks (`label --from-masks`);
+- ``unfiltered``: ours' masks and fill, composed with ``--min-confidence 0`` (no mask left out for low confidence);
+- ``plain-paste``: ours' masks and fill pasted plainly (hard alpha at 0.5, no feather, nothing left out);
 - ``ceiling``: composites from the true masks and the true clean backgrounds;
 - ``grabcut``: a zero-label peer: GrabCut from each object's true bounding box (as IN-9 used boxes);
 - ``u2netp``: a zero-label peer: the salient-object model u2netp (onnxruntime, the model file of
@@ -53,6 +55,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_info import run_info  # noqa: E402
 import photo_metrics  # noqa: E402
 import probe_judge  # noqa: E402
 import real_photo_data  # noqa: E402
@@ -64,7 +67,10 @@ from autobackswap_cli.images import read_image, read_mask, scan_image_folder  # 
 from autobackswap_cli.inpaint.step import FillRegion, fill_region  # noqa: E402
 from autobackswap_cli.mask_quality import confidence_threshold, read_mask_quality  # noqa: E402
 
-CONDITIONS = ("ours", "ceiling", "grabcut", "u2netp", "originals")
+CONDITIONS = ("ours", "unfiltered", "plain-paste", "ceiling", "grabcut", "u2netp", "originals")
+# ours' masks and fill composed another way: nothing left out for low confidence; and a plain paste (hard alpha at
+# 0.5, no feather, nothing left out)
+OURS_RECOMPOSED = {"unfiltered": ("--min-confidence", 0), "plain-paste": ("--feather", 0, "--tight", 0.5, "--min-confidence", 0)}
 PEERS = ("grabcut", "u2netp")  # zero-label peers: masks made without our labels, filled with Telea, pasted plainly
 PER_IMAGE = 3
 CLASSIFIER_EPOCHS = 20  # ~1.5 min a model for 1800 composites on 2 cores (train-classifier's default 50: ~2.5x that)
@@ -223,6 +229,14 @@ def run_variant(variant: str, work: Path, seeds: list[int], labels: int, conditi
             composites["ours"][seed] = work / f"ours/composites-{seed}"
             cli("compose", data / "train", ours / "masks", ours / "backgrounds", "-o", composites["ours"][seed], "--per-image", PER_IMAGE, "--seed", seed)
         out["ours"] = quality(data, ours / "masks", ours / "backgrounds", ours / "composites", ours / "backgrounds", labelled)
+        for name, options in OURS_RECOMPOSED.items():
+            if name in conditions:
+                for seed in seeds:
+                    composites[name][seed] = work / f"{name}/composites-{seed}"
+                    if not (composites[name][seed] / "autobackswap.json").exists():
+                        cli("compose", data / "train", ours / "masks", ours / "backgrounds", "-o", composites[name][seed], "--per-image", PER_IMAGE,
+                            "--seed", seed, *options)
+                out[name] = {"failed": run_record(composites[name][seeds[0]])["counts"]["failed"]}
     if "ceiling" in conditions:
         for seed in seeds:
             composites["ceiling"][seed] = work / f"ceiling/composites-{seed}"
@@ -325,7 +339,8 @@ def main() -> None:
         print(table(variant, result) + "\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        args.json.write_text(json.dumps({"run": run_info(), "labels": args.labels, "seeds": seeds, "data_seed": args.data_seed,
+                                         "variants": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
