@@ -28,7 +28,7 @@ from torch import nn
 from .engine import StepError, active_layout, build_record, check_outputs, console, make_progress, model_record_path, record_interrupted_training, read_items, resolve_device, scan_dataset, status_of, write_run_record
 from .images import read_image
 from .descriptions import check_classifier
-from .model_files import (SAFETENSORS, TORCH_ZIP, check_shapes, deprecated, file_kind, is_torchscript, read_header, read_state_dict,
+from .model_files import (SAFETENSORS, TORCH_ZIP, check_finite, check_shapes, deprecated, file_kind, is_torchscript, read_header, read_state_dict,
                           read_tensors, save_model)
 from .nets import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalise
 
@@ -160,7 +160,7 @@ def _read_model_file(path: Path, device: torch.device, torchscript: bool) -> tup
         module = build_small_cnn(len(meta["classes"]), int(meta["width"]))
         check_shapes(header, module.state_dict(), "model", path)
         try:
-            module.load_state_dict(read_tensors(path, "model"))
+            module.load_state_dict(check_finite(read_tensors(path, "model"), "model", path))
         except RuntimeError as exc:
             raise StepError(f"{path}: its weights do not fit its description: {str(exc).strip().splitlines()[0]}") from None
         return module, meta

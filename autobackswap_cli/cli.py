@@ -589,7 +589,11 @@ def main() -> None:
 
 def _exit_without_waiting(code) -> None:
     """End a stopped command now. Its record is written and its workers are stopped, but a worker that had to be
-    killed can leave the process pool's thread waiting forever, and Python would wait for that thread at exit."""
+    killed can leave the process pool's thread waiting forever, and Python would wait for that thread at exit.
+    Nothing is left behind: the temporary folder of the worker processes goes too."""
+    from .engine.workers import remove_process_temp_dir
+
+    remove_process_temp_dir()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code if isinstance(code, int) else 1)

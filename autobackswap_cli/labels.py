@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .engine import Step, StepError, active_layout, console, metadata_table, run_step
+from .engine.tables import table_rows
 from .images import IMAGE_EXTENSIONS, ImageError, ImageItem, image_size, write_bytes_atomic
 from .label_format import (BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, grid_from_mask, grid_from_string, grid_to_string,
                            label_path, labelled_items, read_grid, read_labels_info, select_stratified, write_grid, write_labels_info)
@@ -193,11 +194,15 @@ def source_from_csv(csv_path: Path, items: Sequence[ImageItem], grid: int | None
     if not csv_path.is_file():
         raise StepError(f"--from-csv: file not found: {csv_path}")
     matcher = _Matcher(items)
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"info", "mask"} <= {f.strip() for f in reader.fieldnames}:
-            raise StepError(f"--from-csv: {csv_path} needs the columns 'info,mask' (found {reader.fieldnames})")
-        rows = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k}) for row in reader]
+    table = table_rows(csv_path, "--from-csv")
+    _, header = next(table, (1, []))
+    names = [h.strip() for h in header]
+    if not {"info", "mask"} <= set(names):
+        raise StepError(f"--from-csv: {csv_path} needs the columns 'info,mask' (found {header})")
+    rows = [(line, {k: v.strip() for k, v in zip(names, row) if k}) for line, row in table if any(v.strip() for v in row)]
+    for line, r in rows:
+        if "info" not in r or "mask" not in r:
+            raise StepError(f"--from-csv: {csv_path} line {line}: {len(r)} field(s), the header has {len(header)}")
     if not rows:
         raise StepError(f"--from-csv: {csv_path} has no rows")
     p = grid or int(round(math.sqrt(max(len(r["mask"]) for _, r in rows))))

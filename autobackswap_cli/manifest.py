@@ -14,6 +14,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .engine.errors import StepError
 from .images import TEMP_PREFIX, TEXT, atomic_file
 
 SORT_CHUNK_ROWS = 200_000  # rows sorted in memory at a time (~100 MB)
@@ -99,6 +100,16 @@ class Journal:
         self._file = None
         self._writer = None
         self.lines_before = 0  # lines earlier runs wrote
+        self.ignored = 0  # lines ``finished`` did not accept
+        self._refuse_odd_file()
+
+    def _refuse_odd_file(self) -> None:
+        """A journal that is a symlink is removed (never followed: it would be read from, and appended to, a file
+        outside OUT); one that is not a regular file is a ``StepError``."""
+        if self.path.is_symlink():
+            self.path.unlink()
+        elif self.path.exists() and not self.path.is_file():
+            raise StepError(f"the journal {self.path} is not a file; remove it (the run rebuilds it)")
 
     def __getstate__(self) -> dict:  # the step travels to workers; its open file stays here
         return {**self.__dict__, "_file": None, "_writer": None}
@@ -123,19 +134,23 @@ class Journal:
                 if len(line) >= 2 and line[1].isdigit() and len(line) == 2 + int(line[1]) * self.width:
                     yield number, line[0], [line[2 + i * self.width : 2 + (i + 1) * self.width] for i in range(int(line[1]))]
 
-    def finished(self, folder: Path, exists) -> set[str]:
-        """Keys whose journal line lists outputs that all exist (``exists(path)``)."""
+    def finished(self, folder: Path, exists, fits) -> set[str]:
+        """Keys whose journal line ``fits`` (``fits(key, rows)``: the rows are what that item would have) and lists
+        outputs that all exist (``exists(path)``); ``ignored`` counts the lines that do not fit."""
         done: set[str] = set()
         for number, key, rows in self.lines():
             self.lines_before = number
-            if all(exists(os.path.join(folder, row[0])) for row in rows):
+            if not fits(key, rows):
+                self.ignored += 1
+            elif all(exists(os.path.join(folder, row[0])) for row in rows):
                 done.add(key)
         return done
 
     def add(self, key: str, rows: Sequence[dict], fields: Sequence[str]) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", newline="", **TEXT)
+            self._refuse_odd_file()
+            self._file = open(self.path, "a", newline="", opener=_no_follow, **TEXT)
             if self._file.tell() and not _ends_with_newline(self.path):
                 self._file.write("\n")  # end a line a killed run cut short
             self._writer = csv.writer(self._file, lineterminator="\n")
@@ -146,6 +161,11 @@ class Journal:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _no_follow(path: str, flags: int) -> int:
+    """``open``'s opener that never follows a symlink (a link put there after the check fails to open)."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -82,12 +82,22 @@ def _json(text: bytes | str):
         raise ValueError("JSON nested too deeply") from None
 
 
+# torch dtype -> the dtype name a safetensors header gives it
+_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64", "int32": "I32",
+                       "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
 def check_shapes(header: dict, expected: dict, what: str, path: Path) -> None:
-    """The file's tensors (from ``read_header``) have exactly the names and shapes of ``expected`` (a model's
-    state dict), checked before the body is read."""
+    """The file's tensors (from ``read_header``) have exactly the names, shapes and dtypes of ``expected`` (a
+    model's state dict), checked before the body is read."""
     found = {name: tuple(entry.get("shape") or ()) for name, entry in header.items()}
     wanted = {name: tuple(t.shape) for name, t in expected.items()}
     if found == wanted:
+        for name, tensor in expected.items():
+            dtype = _SAFETENSORS_DTYPES.get(str(tensor.dtype).replace("torch.", ""))
+            if dtype is not None and header[name].get("dtype") != dtype:
+                raise StepError(f"{what} {path}: its weights do not fit its description: {name} is {header[name].get('dtype')}, "
+                                f"expected {dtype}")
         return
     missing, unexpected = sorted(set(wanted) - set(found)), sorted(set(found) - set(wanted))
     wrong = sorted(n for n in set(found) & set(wanted) if found[n] != wanted[n])
@@ -106,6 +116,18 @@ def read_tensors(path: Path, what: str) -> dict:
         return load_file(str(path), device="cpu")
     except (SafetensorError, ValueError, OSError) as exc:
         raise StepError(f"{what} {path} is damaged or not a safetensors file: {_first_line(exc)}") from None
+
+
+def check_finite(tensors: dict, what: str, path: Path) -> dict:
+    """``tensors`` when every floating-point value is finite; a NaN or an infinity (a diverged training, a damaged
+    file) is a ``StepError`` naming the tensor: such a model would write nothing but empty masks."""
+    import torch
+
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise StepError(f"{what} {path}: its weights hold NaN or infinite values ({name}); the training diverged or the "
+                            f"file is damaged: train it again")
+    return tensors
 
 
 def read_model(path: Path, what: str) -> tuple[dict, dict]:

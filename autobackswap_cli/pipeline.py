@@ -76,6 +76,10 @@ class PipelineOptions:
         recorded = record.get("options")
         if not isinstance(recorded, dict):
             raise StepError(f"--config {path}: field 'options' must be an object; got {type(recorded).__name__}")
+        unknown = sorted(set(recorded) - set(SECTIONS))
+        if unknown:
+            raise StepError(f"--config {path}: unknown section(s) in 'options': {', '.join(map(repr, unknown))}; the sections are "
+                            f"{', '.join(SECTIONS)} (names are case-sensitive)")
         sections = {}
         for name in SECTIONS:
             cls_ = type(getattr(cls(), name))

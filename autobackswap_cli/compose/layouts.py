@@ -37,7 +37,7 @@ class ImageFiles:
 
     def plan_items(self, items: Sequence[ImageItem], mine: Sequence[ImageItem], shard) -> None:
         """Open this shard's journal (it names the items earlier runs finished)."""
-        self.step.open_journal(shard)
+        self.step.open_journal(shard, mine)
 
     def known_finished(self, mine: Sequence[ImageItem]) -> set[str] | None:
         """The keys the journal says are finished (None without one: the engine checks the files)."""

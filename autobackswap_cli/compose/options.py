@@ -44,6 +44,8 @@ class ComposeOptions:
             raise StepError(f"--scale a,b needs 0 < a <= b; got {lo},{hi}")
         if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
             raise StepError(f"--min-confidence must be in [0, 1]; got {self.min_confidence}")
+        if len(self.fill) != 3 or not all(float(v).is_integer() and 0 <= v <= 255 for v in self.fill):
+            raise StepError(f"--fill must be three whole numbers R,G,B in 0..255; got {','.join(str(v) for v in self.fill)}")
         if self.per_image < 1:
             raise StepError("--per-image must be at least 1")
         if self.layout not in OUTPUT_LAYOUTS:

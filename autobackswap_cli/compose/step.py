@@ -61,6 +61,7 @@ class ComposeStep(Step):
         self.layout = active_layout().recorded()  # the class rule names the output folders: part of the plan
         self.journal: Journal | None = None  # finished items, for a fast resume (opened by plan_items)
         self.earlier: set[str] | None = None  # keys an earlier run finished, by the journal; None: no journal
+        self._mine: dict[str, ImageItem] = {}  # this shard's items by key, for checking the journal's lines
         self.writer = OUTPUT_LAYOUTS[self.output_layout or options.layout][0](self)
 
     def fingerprint(self) -> str:
@@ -97,7 +98,8 @@ class ComposeStep(Step):
         self.writer.finish(report, items)
 
     def recorded_results(self) -> dict:
-        return {**self.writer.recorded_results(), "backgrounds_left_out_low_confidence": self.core.pool.left_out}
+        ignored = self.journal.ignored if self.journal is not None else 0
+        return {**self.writer.recorded_results(), "backgrounds_left_out_low_confidence": self.core.pool.left_out, "journal_lines_ignored": ignored}
 
     # ----------------------------------------------------------------- planning and making
 
@@ -121,6 +123,9 @@ class ComposeStep(Step):
             if any(p.output.stem == name for p in plans):
                 name += f"__{k}"
             plans.append(Composite(parent / f"{name}{ext}", bg, sample_placement(rng, o)))
+        for plan in plans:  # names are checked where they come from; a path that still leaves OUT is refused
+            if plan.output.is_absolute() or ".." in plan.output.parts:
+                raise ImageError(f"output {plan.output} would lie outside OUT")
         return plans
 
     def process(self, item: ImageItem) -> list[tuple[Path, np.ndarray, dict]]:
@@ -187,10 +192,30 @@ class ComposeStep(Step):
 
     # ----------------------------------------------------------------- the manifest and the journal
 
-    def open_journal(self, shard) -> None:
-        """Open this shard's journal and read which items earlier runs finished."""
+    def open_journal(self, shard, mine: Sequence[ImageItem]) -> None:
+        """Open this shard's journal and read which of ``mine`` earlier runs finished. The journal is data, not a
+        command: a line counts only where it names one of ``mine`` and the outputs that item would have, inside
+        OUT, all on disk (``_fits``); other lines are ignored (the item is made again) and counted."""
         self.journal = Journal(self.out_dir, MANIFEST_FIELDS, self.fingerprint(), shard.file_suffix)
-        self.earlier = self.journal.finished(self.out_dir, FolderListing()) if self.journal.path.exists() else None
+        self._mine = {item.key: item for item in mine}
+        self.earlier = self.journal.finished(self.out_dir, FolderListing(), self._fits) if self.journal.path.exists() else None
+        if self.journal.ignored:
+            console.print(f"[yellow]note:[/] {self.journal.ignored} line(s) of the journal {self.journal.path.name} name outputs "
+                          f"their image would not have, or images not in this run: ignored (those images are made again)")
+
+    def _fits(self, key: str, rows: list[list[str]]) -> bool:
+        """Whether a journal line's rows are what the item ``key`` of this run would have: as many composites as
+        planned, each under OUT/<its class>/<its name>__..., from that very image."""
+        item = self._mine.get(key)
+        expected = 1 if self.options.variant != "swap" else self.options.per_image
+        if item is None or len(rows) != expected:
+            return False
+        prefix, source = f"{item.class_rel.parent / item.rel.stem}__", str(item.rel)
+        for row in rows:
+            output = PurePosixPath(row[0])
+            if not row[0].startswith(prefix) or output.is_absolute() or ".." in output.parts or row[1] != source:
+                return False
+        return True
 
     def record_rows(self, item: ImageItem, rows: list[dict]) -> None:
         """Main process: a finished item's manifest rows, to the spool and the journal."""
@@ -221,7 +246,7 @@ class ComposeStep(Step):
         for number, key, rows in self.journal.lines():
             if number > self.journal.lines_before:
                 break
-            if key in wanted:
+            if key in wanted and self._fits(key, rows):
                 wanted.discard(key)
                 self.spool.add_raw(rows)
 

@@ -12,7 +12,6 @@ read ``active_layout()``, and every run record holds it (``options.layout``), so
 
 from __future__ import annotations
 
-import csv
 import os
 import posixpath
 from contextlib import contextmanager
@@ -23,6 +22,8 @@ from typing import Iterator
 
 from ..images import FolderScan, ImageItem, path_key
 from .errors import StepError
+from .names import check_name
+from .tables import table_rows
 
 # role -> the column names recognised for it, in order of preference (compared without case)
 COLUMN_NAMES = {
@@ -172,11 +173,11 @@ def _names(text: str | None) -> list[str] | None:
 class _Values:
     """Turns a column's values into class or group names (``--class-names``: value i -> i-th name), interned."""
 
-    def __init__(self, names: list[str] | None, option: str):
-        self.names, self.option, self.seen = names, option, {}
+    def __init__(self, names: list[str] | None, option: str, role: str):
+        self.names, self.option, self.role, self.seen = names, option, role, {}
 
     def __call__(self, value: str, where) -> str:
-        """``value``'s name; ``where()`` says where it was, for an error."""
+        """``value``'s name (checked: ``names.check_name``); ``where()`` says where it was, for an error."""
         name = self.seen.get(value)
         if name is None:
             if self.names is None:
@@ -186,6 +187,7 @@ class _Values:
                     name = self.names[int(value)]
                 except (ValueError, IndexError):
                     raise StepError(f"--metadata {where()}: value {value!r} is not an index 0..{len(self.names) - 1} into {self.option}") from None
+            check_name(name, f"--metadata {where()}" if self.names is None else f"{self.option} (for the value {value!r} on {where()})", self.role)
             name = self.seen[value] = name
         return name
 
@@ -194,38 +196,38 @@ def _read_table(layout: DatasetLayout, path: Path, root: Path, ids: bool) -> Met
     """Stream the table: O(1) per row. Bad rows (a path outside DATA, a duplicate, no class, too few fields) are
     a ``StepError`` naming the file and line."""
     prefix = str(root.resolve()).rstrip("/") + "/"
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
-            raise StepError(f"--metadata {path}: empty file (no header row)")
-        cols = _columns(layout, header, path)
-        table = MetadataTable(path, {role: header[i].strip() for role, i in cols.items()}, _split_values(layout))
-        path_i, class_i, group_i, split_i = cols["path"], cols["class"], cols.get("group"), cols.get("split")
-        id_i = cols.get("id") if ids else None
-        classes, groups = _Values(_names(layout.class_names), "--class-names"), _Values(_names(layout.group_names), "--group-names")
-        width, rows = max(cols.values()) + 1, table.rows
-        for row in reader:
-            if len(row) < width:
-                if not any(c.strip() for c in row):
-                    continue
-                raise StepError(f"--metadata {table.where(reader.line_num)}: {len(row)} field(s), the header has {len(header)}")
-            rel = _relative(row[path_i], prefix, table, reader.line_num)
-            key = path_key(rel)
-            if key in rows:
-                first = rows[key] if isinstance(rows[key], int) else rows[key][2]
-                raise StepError(f"--metadata {table.where(reader.line_num)}: {rel} again (first on line {first}); one row per image")
-            if id_i is not None:
-                _add_id(table, row[id_i].strip(), rel, reader.line_num)
-            if split_i is not None and table.split is not None and row[split_i].strip() not in table.split:
-                rows[key] = reader.line_num
+    reader = table_rows(path, "--metadata")
+    _, header = next(reader, (1, None))
+    if header is None or not any(h.strip() for h in header):
+        raise StepError(f"--metadata {path}: empty file (no header row)")
+    cols = _columns(layout, header, path)
+    table = MetadataTable(path, {role: header[i].strip() for role, i in cols.items()}, _split_values(layout))
+    path_i, class_i, group_i, split_i = cols["path"], cols["class"], cols.get("group"), cols.get("split")
+    id_i = cols.get("id") if ids else None
+    classes = _Values(_names(layout.class_names), "--class-names", "class")
+    groups = _Values(_names(layout.group_names), "--group-names", "group")
+    width, rows = max(cols.values()) + 1, table.rows
+    for line, row in reader:
+        if len(row) < width:
+            if not any(c.strip() for c in row):
                 continue
-            value = row[class_i].strip()
-            if not value:
-                raise StepError(f"--metadata {table.where(reader.line_num)}: no class for {rel}")
-            where = lambda: table.where(reader.line_num)  # noqa: E731 (only formatted for an error)
-            rows[key] = (classes(value, where), groups(row[group_i].strip(), where) if group_i is not None else None, reader.line_num)
-            table.kept += 1
+            raise StepError(f"--metadata {table.where(line)}: {len(row)} field(s), the header has {len(header)}")
+        rel = _relative(row[path_i], prefix, table, line)
+        key = path_key(rel)
+        if key in rows:
+            first = rows[key] if isinstance(rows[key], int) else rows[key][2]
+            raise StepError(f"--metadata {table.where(line)}: {rel} again (first on line {first}); one row per image")
+        if id_i is not None:
+            _add_id(table, row[id_i].strip(), rel, line)
+        if split_i is not None and table.split is not None and row[split_i].strip() not in table.split:
+            rows[key] = line
+            continue
+        value = row[class_i].strip()
+        if not value:
+            raise StepError(f"--metadata {table.where(line)}: no class for {rel}")
+        where = lambda: table.where(line)  # noqa: E731 (only formatted for an error)
+        rows[key] = (classes(value, where), groups(row[group_i].strip(), where) if group_i is not None else None, line)
+        table.kept += 1
     if not rows:
         raise StepError(f"--metadata {path}: no rows (only a header)")
     return table
@@ -267,8 +269,11 @@ def _add_id(table: MetadataTable, value: str, rel: str, line: int) -> None:
 
 def apply_layout(scan: FolderScan, layout: DatasetLayout, root: Path, what: str = "DATA") -> tuple[FolderScan, list[str]]:
     """``scan``'s items with their class (and group) by ``layout``; the warnings (items the rule cannot place,
-    table rows that name no scanned file). The default layout returns the scan as it is."""
+    table rows that name no scanned file). The default layout returns the scan as it is. Every class name is
+    checked (``names.check_name``): a folder's here, a table's as it is read."""
     if layout.is_default:
+        for cls in {it.rel.parts[0] for it in scan.items}:
+            check_name(cls, f"{what} folder {Path(root) / cls}")
         return scan, []
     if layout.metadata is None:
         items, warnings = _by_level(scan.items, layout.class_level, what)
@@ -279,12 +284,14 @@ def apply_layout(scan: FolderScan, layout: DatasetLayout, root: Path, what: str 
 
 
 def _by_level(items: list[ImageItem], level: int, what: str) -> tuple[list[ImageItem], list[str]]:
-    placed, shallow = [], []
+    placed, shallow, checked = [], [], set()
     for it in items:
         parts = it.rel.parts
         if len(parts) <= level:
             shallow.append(str(it.rel))
         else:
+            if parts[level - 1] not in checked:
+                checked.add(check_name(parts[level - 1], f"{what} folder {'/'.join(parts[:level])} (--class-level {level})"))
             placed.append(ImageItem(it.rel, it.root, parts[level - 1], None, level))
     warnings = [f"{len(shallow)} image(s) of {what} lie less than {level} folder(s) deep, so no folder names their class "
                 f"(--class-level {level}); left out: {_shown(shallow)}"] if shallow else []

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ..images import FolderScan, ImageError, ImageItem, is_inside, items_from_list, scan_image_folder
 from .errors import NoForeground, StepError
 from .layout import DatasetLayout, active_layout, apply_layout
+from .names import is_tool_file
 from .progress import console, log_json_path, make_progress
 
 
@@ -84,21 +85,37 @@ def check_outputs(inputs: Sequence[Path | None], out_dir: Path | None = None,
     ``out_dir`` its output folder, ``files`` its single-file outputs as ``(flag, path)`` (``-o``, ``--preview``,
     ``--json``, ...; ``--log-json`` is added here). An output folder may not be, hold or lie inside an input folder
     (only one inside ``data_dir`` is allowed: it is left out of the scan; the warning is returned). An output
-    file may not be an input file nor lie inside an input folder (inside ``out_dir`` it is no input). Symlinks
-    are resolved. A refusal is a ``StepError`` naming both paths (exit 2)."""
+    file may not be an input file nor lie inside an input folder; inside ``out_dir`` it goes at the top, and not
+    onto a file the tool writes there. No input file may lie inside ``out_dir``, where the run could write over it.
+    Symlinks are resolved. A refusal is a ``StepError`` naming both paths (exit 2)."""
     given = [Path(p) for p in inputs if p is not None]
     data = Path(data_dir) if data_dir is not None else None
     folders = [p for p in given if not p.is_file() and p != data]
     warnings = _check_folder(data, Path(out_dir), folders) if out_dir is not None else []
+    for source in given:
+        if out_dir is not None and source.is_file() and is_inside(source, Path(out_dir)):
+            raise StepError(f"the input {source} lies inside the output folder {out_dir}, where the run could write over it; "
+                            f"move it out of {out_dir} or write somewhere else (inputs are never modified)")
     written = [(flag, Path(path)) for flag, path in [*files, ("--log-json", log_json_path())] if path is not None]
     for flag, path in written:
         if out_dir is not None and is_inside(path, Path(out_dir)) and path.resolve() != Path(out_dir).resolve():
+            _check_file_inside_output(flag, path, Path(out_dir))
             continue
         for source in given + ([data] if data is not None else []):
             if path.resolve() == source.resolve() or (not source.is_file() and is_inside(path, source)):
                 relation = "is the input" if path.resolve() == source.resolve() else "lies inside the input folder"
                 raise StepError(f"{flag} {path} {relation} {source}; choose another path (inputs are never modified)")
     return warnings
+
+
+def _check_file_inside_output(flag: str, path: Path, out: Path) -> None:
+    """A single-file output inside the output folder goes at its top, beside the class folders, and is no file the
+    tool writes there (``names.is_tool_file``): below the top lie the run's own outputs (masks, composites), which
+    it would replace."""
+    if path.resolve().parent != out.resolve() or is_tool_file(path.name):
+        raise StepError(f"{flag} {path} would land on the run's own outputs in {out} (its class folders or "
+                        f"{'its file ' + path.name if is_tool_file(path.name) else 'a sub-folder'}); put it beside them, e.g. "
+                        f"{out / ('preview.png' if flag == '--preview' else 'log.jsonl')}, or outside {out}")
 
 
 def _check_folder(data_dir: Path | None, out: Path, inputs: list[Path]) -> list[str]:

@@ -235,3 +235,14 @@ def restore_torch_threads(previous: int | None) -> None:
     if previous is not None:
         sys.modules["torch"].set_num_threads(previous)
 
+
+
+def remove_process_temp_dir() -> None:
+    """Remove this process's multiprocessing temporary folder (``$TMPDIR/pymp-*``: the fork server's listener
+    socket). Python removes it at a normal exit; a command stopped by a signal ends with ``os._exit``, which skips
+    that, so it calls this first."""
+    import shutil
+
+    tempdir = mp.current_process()._config.get("tempdir")  # where multiprocessing.util.get_temp_dir() made it
+    if tempdir:
+        shutil.rmtree(tempdir, ignore_errors=True)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..engine import StepError
 from ..descriptions import check_segmenter
-from ..model_files import (SAFETENSORS, TORCH_ZIP, check_shapes, file_kind, is_torchscript, read_header, read_legacy_checkpoint,
+from ..model_files import (SAFETENSORS, TORCH_ZIP, check_finite, check_shapes, file_kind, is_torchscript, read_header, read_legacy_checkpoint,
                            read_state_dict, read_tensors, save_model)
 from ..nets import IMAGENET_MEAN, IMAGENET_STD
 from .backbones import BACKBONE_INFO, BackboneInfo
@@ -362,6 +362,7 @@ def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
         state = read_tensors(Path(path), "segmenter")
     else:
         state = ckpt.pop("state_dict")
+    check_finite(state, "segmenter", path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

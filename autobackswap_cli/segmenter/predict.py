@@ -329,6 +329,11 @@ class SegmentStep(Step):
                     f"IoU against {self.options.truth} (mask >= 0.5): mean {t['mean_iou']:.3f}, "
                     f"worst {t['min_iou']:.3f} over {t['images']} images"
                 )
+            if t["no_truth"]:
+                note = (f"--truth {self.options.truth}: no mask there for {t['no_truth']} of the {len(items)} images "
+                        f"(expected TRUTH/<path under DATA>.png){'' if t['images'] else '; no IoU was computed'}")
+                report.warnings.append(note)
+                console.print(f"[yellow]warning:[/] {note}")
 
 
 def preview_items(items: list[ImageItem], confidences: dict[str, float], order: str, count: int) -> list[ImageItem]:
@@ -362,16 +367,19 @@ def mask_iou(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> flo
 
 
 def mask_iou_report(items: list[ImageItem], masks_dir: Path, truth_dir: Path) -> dict:
-    """Mean and worst IoU of MASKS against ground-truth masks, over items that have both."""
-    ious = []
+    """Mean and worst IoU of MASKS against ground-truth masks, over items that have both; ``no_truth``: how many
+    items have no ground-truth mask."""
+    ious, no_truth = [], 0
     for item in items:
         pred_path, truth_path = mirror_path(masks_dir, item.rel, ".png"), mirror_path(truth_dir, item.rel, ".png")
-        if pred_path.exists() and truth_path.exists():
+        if not truth_path.exists():
+            no_truth += 1
+        elif pred_path.exists():
             truth = read_mask(truth_path)
             ious.append(mask_iou(read_mask(pred_path, truth.shape), truth))
     if not ious:
-        return {"images": 0, "mean_iou": None, "min_iou": None}
-    return {"images": len(ious), "mean_iou": round(float(np.mean(ious)), 4), "min_iou": round(float(np.min(ious)), 4)}
+        return {"images": 0, "mean_iou": None, "min_iou": None, "no_truth": no_truth}
+    return {"images": len(ious), "mean_iou": round(float(np.mean(ious)), 4), "min_iou": round(float(np.min(ious)), 4), "no_truth": no_truth}
 
 
 def write_mask_preview(items: list[ImageItem], masks_dir: Path, out_png: Path, confidences: dict[str, float] | None = None) -> None:
