@@ -87,7 +87,7 @@ _SHARED: dict[str, _Declared] = {
     "gpus_per_worker": _Declared(float, typer.Option("--gpus-per-worker", help="--executor ray: GPUs each model actor asks for (e.g. 1; 0 = CPU).", **_range("gpus_per_worker"))),
     "overwrite": _Declared(bool, typer.Option("--overwrite", help="Redo items whose outputs already exist (default: skip them).")),
     "fail_fast": _Declared(bool, typer.Option("--fail-fast", help="Stop at the first failed item instead of listing failures at the end.")),
-    "preview": _Declared(Optional[Path], typer.Option("--preview", dir_okay=False, help="Write a PNG grid of results to look at.")),
+    "preview": _Declared(Optional[Path], typer.Option("--preview", dir_okay=False, help="Write a PNG grid of results to look at. Not onto an input, nor inside the output folder but at its top (OUT/preview.png).")),
     "progress": _Declared(bool, typer.Option("--no-progress", help="Hide progress bars."), default=False, param="no_progress", convert=operator.not_),
 }
 # the subsets the commands take (run takes them all)
@@ -99,7 +99,7 @@ LAYOUT_PANEL = "Where the class comes from (DATA not an ImageFolder)"
 # field of engine.DatasetLayout -> its option: added to every command that reads DATA, made active while it runs
 _LAYOUT: dict[str, _Declared] = {name: _Declared(kind, typer.Option(flag, rich_help_panel=LAYOUT_PANEL, help=text, **extra)) for name, kind, flag, text, extra in (
     ("class_level", int, "--class-level", "The K-th folder under DATA names the class (1: DATA/<class>/...; Spawrious with DATA = m2m: 3, <env>/<location>/<breed>/).", _range("class_level")),
-    ("metadata", Optional[Path], "--metadata", "A CSV naming each image by its path under DATA, with its class and optionally group and split (e.g. Waterbirds' metadata.csv). Images without a row are left out.", {"dir_okay": False}),
+    ("metadata", Optional[Path], "--metadata", "A CSV (UTF-8) naming each image by its path under DATA, with its class and optionally group and split (e.g. Waterbirds' metadata.csv). Images without a row are left out. Class and group values become folder names: no /, ., .. or control characters.", {"dir_okay": False}),
     ("split", Optional[str], "--split", "--metadata: keep only the rows of this split (its value, or train/val/test for a table numbered 0/1/2).", {}),
     ("class_names", Optional[str], "--class-names", "--metadata: names for the class values 0,1,... (e.g. landbird,waterbird); default: the values.", {}),
     ("group_names", Optional[str], "--group-names", "--metadata: names for the group values 0,1,... (e.g. land,water).", {}),
