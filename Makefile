@@ -43,8 +43,9 @@ browser:
 	test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 
-## test: the test suite (what CI runs)
+## test: the linter (ruff, configured in pyproject.toml), then the test suite (what CI runs)
 test: $(STAMP) browser
+	$(BIN)/ruff check autobackswap_cli benchmarks tests
 	$(BIN)/python -m pytest -q
 
 ## The [bench] extra: the benchmarks' photographs and peers (scikit-image, scikit-learn, onnxruntime, u2netp)

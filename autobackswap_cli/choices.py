@@ -68,7 +68,7 @@ Executor = choice("Executor", {
 })
 
 
-# The two below are wired to compose's registries (OUTPUT_LAYOUTS, BG_RULES) when the compose package lands.
+# compose's registries name these choices: BG_RULES (--bg-from) and OUTPUT_LAYOUTS (--output-layout)
 BackgroundsFrom = choice("BackgroundsFrom", BG_RULES)
 OutputLayout = choice("OutputLayout", {name: help for name, (_, help) in OUTPUT_LAYOUTS.items()})
 

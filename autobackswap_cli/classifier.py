@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import StepError, active_layout, build_record, check_outputs, console, make_progress, model_record_path, record_interrupted_training, read_items, resolve_device, scan_dataset, status_of, write_run_record
+from .engine import (StepError, active_layout, build_record, check_outputs, console, make_progress, model_record_path, read_items,
+                     record_interrupted_training, resolve_device, scan_dataset, status_of, write_run_record)
 from .images import read_image
 from .descriptions import check_classifier
 from .model_files import (SAFETENSORS, TORCH_ZIP, check_finite, check_shapes, deprecated, file_kind, is_torchscript, read_header, read_state_dict,
@@ -300,7 +301,8 @@ def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, pr
 
     train_accuracy = _accuracy(model, x_all, y_all, device, 128)
     options = {**asdict(opts), "device_used": str(device)}
-    meta = {"format": MODEL_FORMAT, "format_version": 2, "arch": "small-cnn", "width": opts.width, "classes": classes, "image_size": opts.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+    meta = {"format": MODEL_FORMAT, "format_version": 2, "arch": "small-cnn", "width": opts.width, "classes": classes, "image_size": opts.image_size,
+            "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
             "data": str(data_dir), "options": options, "train_accuracy": round(train_accuracy, 5)}
     save_model(out_path, model.cpu().state_dict(), meta)
     write_run_record(model_record_path(out_path), build_record(

@@ -74,20 +74,31 @@ class _Declared:
 # ----------------------------------------------------------------- shared options (declared once)
 # field of engine.CommonOptions -> its option; a command picks those it takes by name (_command(shared=...))
 _SHARED: dict[str, _Declared] = {
-    "device": _Declared(str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, cuda:0,1,... or mps. A step with a model runs one copy per GPU of cuda (segment --gpus N: the first N); under torchrun / a multi-task SLURM step, the GPU of the local rank. A device that is not there is an error.")),
+    "device": _Declared(str, typer.Option("--device", help=("auto, cpu, cuda, cuda:N, cuda:0,1,... or mps. A step with a model runs one copy per GPU "
+                                                            "of cuda (segment --gpus N: the first N); under torchrun / a multi-task SLURM step, the "
+                                                            "GPU of the local rank. A device that is not there is an error."))),
     "precision": _Declared(Precision, typer.Option("--precision", help=choice_help(Precision, "Model arithmetic: ")), default=Precision.auto),
     "seed": _Declared(int, typer.Option("--seed", help="Random seed; the same inputs and seed give identical outputs.")),
     "workers": _Declared(int, typer.Option("--workers", "-j", help="Worker processes for decoding/encoding (0 = in the main process).", **_range("workers"))),
     "batch_size": _Declared(int, typer.Option("--batch-size", "-b", help="Images per model batch.", **_range("batch_size"))),
-    "shard": _Declared(Optional[str], typer.Option("--shard", help="Process only shard K of N (0-based, e.g. 0/4). Default: from torchrun RANK/WORLD_SIZE or a SLURM array, else all."),
+    "shard": _Declared(Optional[str], typer.Option("--shard", help=("Process only shard K of N (0-based, e.g. 0/4). Default: from torchrun "
+                                                                    "RANK/WORLD_SIZE or a SLURM array, else all.")),
                        default=None, convert=resolve_shard),
-    "files_from": _Declared(Optional[Path], typer.Option("--files-from", dir_okay=False, help="Take the images from this list (one path per line, relative to DATA) instead of scanning DATA: for datasets too big to scan.")),
-    "executor": _Declared(Executor, typer.Option("--executor", help=choice_help(Executor, "How the items run: ") + " Needs the ray extra: pip install 'autobackswap-cli\\[ray]'."), default=Executor.local),
-    "ray_address": _Declared(Optional[str], typer.Option("--ray-address", help="--executor ray: the cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray instance.")),
-    "gpus_per_worker": _Declared(float, typer.Option("--gpus-per-worker", help="--executor ray: GPUs each model actor asks for (e.g. 1; 0 = CPU).", **_range("gpus_per_worker"))),
+    "files_from": _Declared(Optional[Path], typer.Option("--files-from", dir_okay=False, help=("Take the images from this list (one path per line, "
+                                                                                               "relative to DATA) instead of scanning DATA: for "
+                                                                                               "datasets too big to scan."))),
+    "executor": _Declared(Executor, typer.Option("--executor", help=choice_help(Executor, "How the items run: ") + (" Needs the ray extra: pip install "
+                                                                                                                    "'autobackswap-cli\\[ray]'.")),
+                                                                                                                    default=Executor.local),
+    "ray_address": _Declared(Optional[str], typer.Option("--ray-address", help=("--executor ray: the cluster to join (e.g. ray://head:10001 or auto); "
+                                                                                "default: start a local Ray instance."))),
+    "gpus_per_worker": _Declared(float, typer.Option("--gpus-per-worker", help="--executor ray: GPUs each model actor asks for (e.g. 1; 0 = CPU).",
+                                                     **_range("gpus_per_worker"))),
     "overwrite": _Declared(bool, typer.Option("--overwrite", help="Redo items whose outputs already exist (default: skip them).")),
     "fail_fast": _Declared(bool, typer.Option("--fail-fast", help="Stop at the first failed item instead of listing failures at the end.")),
-    "preview": _Declared(Optional[Path], typer.Option("--preview", dir_okay=False, help="Write a PNG grid of results to look at. Not onto an input, nor inside the output folder but at its top (OUT/preview.png).")),
+    "preview": _Declared(Optional[Path], typer.Option("--preview", dir_okay=False, help=("Write a PNG grid of results to look at. Not onto an input, "
+                                                                                         "nor inside the output folder but at its top "
+                                                                                         "(OUT/preview.png)."))),
     "progress": _Declared(bool, typer.Option("--no-progress", help="Hide progress bars."), default=False, param="no_progress", convert=operator.not_),
 }
 # the subsets the commands take (run takes them all)
@@ -97,9 +108,13 @@ _TRAINER = ("device", "seed", "batch_size", "progress")
 
 LAYOUT_PANEL = "Where the class comes from (DATA not an ImageFolder)"
 # field of engine.DatasetLayout -> its option: added to every command that reads DATA, made active while it runs
-_LAYOUT: dict[str, _Declared] = {name: _Declared(kind, typer.Option(flag, rich_help_panel=LAYOUT_PANEL, help=text, **extra)) for name, kind, flag, text, extra in (
-    ("class_level", int, "--class-level", "The K-th folder under DATA names the class (1: DATA/<class>/...; Spawrious with DATA = m2m: 3, <env>/<location>/<breed>/).", _range("class_level")),
-    ("metadata", Optional[Path], "--metadata", "A CSV (UTF-8) naming each image by its path under DATA, with its class and optionally group and split (e.g. Waterbirds' metadata.csv). Images without a row are left out. Class and group values become folder names: no /, ., .. or control characters.", {"dir_okay": False}),
+_LAYOUT: dict[str, _Declared] = {name: _Declared(kind, typer.Option(flag, rich_help_panel=LAYOUT_PANEL, help=text, **extra)) for name, kind, flag, text,
+                                 extra in (
+    ("class_level", int, "--class-level", ("The K-th folder under DATA names the class (1: DATA/<class>/...; Spawrious with DATA = m2m: 3, "
+                                           "<env>/<location>/<breed>/)."), _range("class_level")),
+    ("metadata", Optional[Path], "--metadata", ("A CSV (UTF-8) naming each image by its path under DATA, with its class and optionally group and "
+                                                "split (e.g. Waterbirds' metadata.csv). Images without a row are left out. Class and group values "
+                                                "become folder names: no /, ., .. or control characters."), {"dir_okay": False}),
     ("split", Optional[str], "--split", "--metadata: keep only the rows of this split (its value, or train/val/test for a table numbered 0/1/2).", {}),
     ("class_names", Optional[str], "--class-names", "--metadata: names for the class values 0,1,... (e.g. landbird,waterbird); default: the values.", {}),
     ("group_names", Optional[str], "--group-names", "--metadata: names for the group values 0,1,... (e.g. land,water).", {}),
@@ -116,19 +131,32 @@ _RENAMED = {"--encode-format": "--format", "--output-layout": "--output-format"}
 # ----------------------------------------------------------------- step options that `run` repeats (declared once)
 BackboneOpt = Annotated[Backbone, typer.Option("--backbone", help=backbone_help())]
 Pretrained = Annotated[bool, typer.Option("--pretrained", help="Segmenter: start from torchvision's ImageNet weights (its cache, or a download).")]
-SegmenterEpochs = Annotated[Optional[int], typer.Option("--epochs", help=f"Most segmenter training epochs (early stopping may end sooner). Default: the backbone's ({default_help('epochs')}).", show_default=False, **_range("epochs"))]
+SegmenterEpochs = Annotated[Optional[int], typer.Option("--epochs", help=(f"Most segmenter training epochs (early stopping may end sooner). Default: "
+                                                                          f"the backbone's ({default_help('epochs')})."), show_default=False,
+                                                                          **_range("epochs"))]
 RefineOpt = Annotated[Refine, typer.Option("--refine", help=choice_help(Refine, "segment: snap mask edges to the image: "))]
 MethodOpt = Annotated[InpaintMethod, typer.Option("--method", help=choice_help(InpaintMethod, "inpaint: "))]
-InpaintModel = Annotated[Optional[str], typer.Option("--model", help="inpaint: diffusers hub id or local pipeline folder; torchscript: model file (e.g. big-lama.pt).")]
-Loose = Annotated[Optional[float], typer.Option("--loose", help="inpaint: fill where P(foreground) is at least this (the loose mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.1.", show_default=False, **_range("loose"))]
-Tight = Annotated[Optional[float], typer.Option("--tight", help="compose: the foreground is where P(fg) is at least this (the tight mask). Default: the threshold the segmenter chose on its validation labels (recorded in MASKS), else 0.5.", show_default=False, **_range("tight"))]
-MinConfidence = Annotated[Optional[float], typer.Option("--min-confidence", help="compose: leave out images whose mask is probably wrong: their confidence in MASKS/mask_quality.csv (written by segment) is below this. They are counted and listed (not failures), and their backgrounds stay out of the pool, as the object may still be in them. 0 keeps every image. Default: what segment recorded in MASKS, else 0.6.", show_default=False, **_range("min_confidence"))]
+InpaintModel = Annotated[Optional[str], typer.Option("--model", help=("inpaint: diffusers hub id or local pipeline folder; torchscript: model file "
+                                                                      "(e.g. big-lama.pt)."))]
+Loose = Annotated[Optional[float], typer.Option("--loose", help=("inpaint: fill where P(foreground) is at least this (the loose mask). Default: the "
+                                                                 "threshold the segmenter chose on its validation labels (recorded in MASKS), else "
+                                                                 "0.1."), show_default=False, **_range("loose"))]
+Tight = Annotated[Optional[float], typer.Option("--tight", help=("compose: the foreground is where P(fg) is at least this (the tight mask). Default: "
+                                                                 "the threshold the segmenter chose on its validation labels (recorded in MASKS), "
+                                                                 "else 0.5."), show_default=False, **_range("tight"))]
+MinConfidence = Annotated[Optional[float], typer.Option("--min-confidence", help=("compose: leave out images whose mask is probably wrong: their "
+                                                                                  "confidence in MASKS/mask_quality.csv (written by segment) is below "
+                                                                                  "this. They are counted and listed (not failures), and their "
+                                                                                  "backgrounds stay out of the pool, as the object may still be in "
+                                                                                  "them. 0 keeps every image. Default: what segment recorded in "
+                                                                                  "MASKS, else 0.6."), show_default=False, **_range("min_confidence"))]
 PerImage = Annotated[int, typer.Option("--per-image", "-k", help="compose: composites per foreground image.", **_range("per_image"))]
 BgFrom = Annotated[BackgroundsFrom, typer.Option("--bg-from", help=choice_help(BackgroundsFrom, "compose: backgrounds from "))]
 EncodeFormat = Annotated[OutputFormat, typer.Option("--encode-format", help=encode_format_help())]
 Quality = Annotated[int, typer.Option("--quality", help="JPEG/WEBP quality.", **_range("quality"))]
 LayoutOpt = Annotated[OutputLayout, typer.Option("--output-layout", help=choice_help(OutputLayout, "compose: "))]
-ShardSize = Annotated[int, typer.Option("--shard-size", help="compose --output-layout webdataset: samples per tar (an image's composites stay in one tar).", **_range("shard_size"))]
+ShardSize = Annotated[int, typer.Option("--shard-size", help=("compose --output-layout webdataset: samples per tar (an image's composites stay in one "
+                                                              "tar)."), **_range("shard_size"))]
 
 
 def _field_default(cls: type, name: str) -> Any:
@@ -222,17 +250,17 @@ def _handles_errors(fn):
                 print_summary(exc.report)
                 _STOPPED_RUN = True
             console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except FailFast as exc:
             console.print(f"[red]stopped (--fail-fast):[/] {exc}")
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
             _STOPPED_RUN = True
             stop = as_interrupted(exc)
             if getattr(stop, "report", None) is not None:
                 print_summary(stop.report)
             console.print(f"[yellow]interrupted[/] ({stop.args[0]}): {stop.hint}")
-            raise typer.Exit(stop.exit_code)
+            raise typer.Exit(stop.exit_code) from None
 
     return wrapper
 
@@ -268,7 +296,8 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
     log_json: Annotated[Optional[Path], typer.Option("--log-json", dir_okay=False, envvar="AUTOBACKSWAP_LOG_JSON",
-                                                     help="Append progress as JSON lines to this file (start, every 30 s, end), for dashboards. Give it before the subcommand.")] = None,
+                                                     help=("Append progress as JSON lines to this file (start, every 30 s, end), for dashboards. Give "
+                                                           "it before the subcommand."))] = None,
 ) -> None:
     """On a terminal progress is a live bar; in a log (stderr not a terminal: SLURM, Ray, make) it is a plain line
     every 30 s (AUTOBACKSWAP_LOG_INTERVAL sets the seconds)."""
@@ -291,7 +320,8 @@ def sample_data_cmd(
     """Write a small synthetic dataset whose classes are 100% tied to their backgrounds (with ground truth)."""
     from .sample_data import SampleSpec, generate
 
-    summary = generate(out, SampleSpec(seed=common.seed, size=size, train_per_class=train_per_class, test_per_group=test_per_group, labelled=labelled, grid=grid))
+    summary = generate(out, SampleSpec(seed=common.seed, size=size, train_per_class=train_per_class, test_per_group=test_per_group, labelled=labelled,
+                                       grid=grid))
     console.print(
         f"[green]sample data[/]: {summary['train_images']} training and {summary['test_images']} test images, "
         f"{summary['labelled_images']} labelled -> {out}"
@@ -306,16 +336,25 @@ def label_cmd(
     data: Annotated[Path, typer.Argument(help="Input ImageFolder (DATA/<class>/<image>), or any folder with --class-level / --metadata.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="LABELS folder to write P x P grids to (mirroring DATA's paths).")],
     from_masks: Annotated[Optional[Path], typer.Option("--from-masks", help="Import pixel masks mirroring DATA (DIR/<class>/<name>.png).")] = None,
-    from_csv: Annotated[Optional[Path], typer.Option("--from-csv", help="Import the reference implementation's masks.csv (info,mask): info is a path under DATA (a leading '/' is fine) or, with --metadata, an image id (img_id).")] = None,
+    from_csv: Annotated[Optional[Path], typer.Option("--from-csv", help=("Import the reference implementation's masks.csv (info,mask): info is a path "
+                                                                         "under DATA (a leading '/' is fine) or, with --metadata, an image id "
+                                                                         "(img_id)."))] = None,
     from_coco: Annotated[Optional[Path], typer.Option("--from-coco", help="Import a COCO instances JSON (polygons and RLE).")] = None,
-    count: Annotated[Optional[int], typer.Option("--count", help="Label only N images, stratified over classes. A larger N later adds images; those labelled already stay.", **_range("count"))] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help=("Label only N images, stratified over classes. A larger N later adds images; those "
+                                                                  "labelled already stay."), **_range("count"))] = None,
     pick: Annotated[Pick, typer.Option("--pick", help=choice_help(Pick, "Which images --count adds: "))] = Pick("random"),
-    grid: Annotated[Optional[int], typer.Option("--grid", help="Patch grid size P (default 16; --from-csv infers it from the mask length).", **_range("grid"))] = None,
-    threshold: Annotated[float, typer.Option("--threshold", help="A patch is foreground when its mean mask value is at least this.", **_range("threshold"))] = 0.25,
-    export_csv: Annotated[Optional[Path], typer.Option("--export-csv", help="Also write LABELS as the reference masks.csv, naming images as the imported file did (ids with --metadata, '/path', or path).")] = None,
-    segmenter: Annotated[Optional[Path], typer.Option("--segmenter", help="Labelling page: pre-fill each grid with this segmenter's prediction (SEGMENTER.safetensors); --pick uncertain: the segmenter whose masks to check.", dir_okay=False)] = None,
+    grid: Annotated[Optional[int], typer.Option("--grid", help="Patch grid size P (default 16; --from-csv infers it from the mask length).",
+                                                **_range("grid"))] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="A patch is foreground when its mean mask value is at least this.",
+                                             **_range("threshold"))] = 0.25,
+    export_csv: Annotated[Optional[Path], typer.Option("--export-csv", help=("Also write LABELS as the reference masks.csv, naming images as the "
+                                                                             "imported file did (ids with --metadata, '/path', or path)."))] = None,
+    segmenter: Annotated[Optional[Path], typer.Option("--segmenter", help=("Labelling page: pre-fill each grid with this segmenter's prediction "
+                                                                           "(SEGMENTER.safetensors); --pick uncertain: the segmenter whose masks to "
+                                                                           "check."), dir_okay=False)] = None,
     host: Annotated[str, typer.Option("--host", help="Labelling page: address to listen on (127.0.0.1 keeps it on this machine).")] = "127.0.0.1",
-    port: Annotated[Optional[int], typer.Option("--port", help="Labelling page: port (default 8765, or a free one when taken; 0 = any free one).", **_range("port"))] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Labelling page: port (default 8765, or a free one when taken; 0 = any free one).",
+                                                **_range("port"))] = None,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Labelling page: do not open a browser.")] = False,
     common: CommonOptions = None,
     data_layout: DatasetLayout = None,
@@ -342,9 +381,13 @@ def train_segmenter_cmd(
     pretrained: Pretrained = False,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Start from a local torchvision state dict file.", dir_okay=False)] = None,
     epochs: SegmenterEpochs = None,
-    patience: Annotated[Optional[int], typer.Option("--patience", help=f"Stop after this many epochs without a better validation IoU. Default: the backbone's ({default_help('patience')}).", show_default=False, **_range("patience"))] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate (one-cycle schedule). Default: the backbone's ({default_help('lr')}).", show_default=False, **_range("lr"))] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Network input side (default: backbone stride x grid: u2netp 160, small-cnn 128 for the 16-grid).", **_range("image_size"))] = None,
+    patience: Annotated[Optional[int], typer.Option("--patience", help=(f"Stop after this many epochs without a better validation IoU. Default: the "
+                                                                        f"backbone's ({default_help('patience')})."), show_default=False,
+                                                                        **_range("patience"))] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=(f"Peak learning rate (one-cycle schedule). Default: the backbone's "
+                                                              f"({default_help('lr')})."), show_default=False, **_range("lr"))] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help=("Network input side (default: backbone stride x grid: u2netp 160, "
+                                                                            "small-cnn 128 for the 16-grid)."), **_range("image_size"))] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled images held out for validation.", **_range("val_fraction"))] = 0.2,
     vflip: Annotated[bool, typer.Option("--vflip", help="Also augment with vertical flips (for top-down imagery).")] = False,
     common: CommonOptions = None,
@@ -379,7 +422,8 @@ def segment_cmd(
     refine: RefineOpt = Refine.grabcut,
     truth: Annotated[Optional[Path], typer.Option("--truth", help="Ground-truth masks mirroring DATA: print and record the IoU against them.")] = None,
     gpus: Annotated[Optional[int], typer.Option("--gpus", help="With --device cuda: use the first N GPUs (default: all visible).", **_range("gpus"))] = None,
-    preview_order: Annotated[PreviewOrder, typer.Option("--preview-order", help=choice_help(PreviewOrder, "--preview shows: "))] = PreviewOrder("least-confident"),
+    preview_order: Annotated[PreviewOrder, typer.Option("--preview-order", help=choice_help(PreviewOrder,
+                                                                                            "--preview shows: "))] = PreviewOrder("least-confident"),
     common: CommonOptions = None,
     data_layout: DatasetLayout = None,
 ) -> None:
@@ -404,13 +448,15 @@ def inpaint_cmd(
     model: InpaintModel = None,
     loose: Loose = None,
     dilate: Annotated[int, typer.Option("--dilate", help="Grow the fill region by this many pixels, so no halo survives.", **_range("dilate"))] = 4,
-    texture: Annotated[str, typer.Option("--texture", help="pyramid: restore texture from the known background: off, auto (as much as it predicts), or a strength such as 0.5. Slower.")] = "off",
+    texture: Annotated[str, typer.Option("--texture", help=("pyramid: restore texture from the known background: off, auto (as much as it predicts), "
+                                                            "or a strength such as 0.5. Slower."))] = "off",
     radius: Annotated[int, typer.Option("--radius", help="telea / ns: neighbourhood radius in pixels.", **_range("radius"))] = 3,
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="diffusers: what to paint into the hole.")] = None,
     negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="diffusers: what not to paint.")] = None,
     steps: Annotated[int, typer.Option("--steps", help="diffusers: denoising steps.", **_range("steps"))] = 25,
     guidance: Annotated[float, typer.Option("--guidance", help="diffusers: classifier-free guidance scale.")] = 7.5,
-    resolution: Annotated[int, typer.Option("--resolution", help="diffusers: side of the square crop the model sees (multiple of 8).", **_range("resolution"))] = 512,
+    resolution: Annotated[int, typer.Option("--resolution", help="diffusers: side of the square crop the model sees (multiple of 8).",
+                                            **_range("resolution"))] = 512,
     out_format: EncodeFormat = OutputFormat.same,
     quality: Quality = 95,
     common: CommonOptions = None,
@@ -433,7 +479,9 @@ def compose_cmd(
     data: Annotated[Path, typer.Argument(help="Input folder (the foregrounds): an ImageFolder, or any layout with --class-level / --metadata.")],
     masks: Annotated[Path, typer.Argument(help="MASKS folder from `autobackswap segment`.")],
     backgrounds: Annotated[Path, typer.Argument(help="BACKGROUNDS folder from `autobackswap inpaint`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="OUT folder, always an ImageFolder: <class>/<path under DATA>__<bg-class>__<bg-name>.<ext> (the class by --class-level / --metadata), and manifest.csv (source, class and group of each composite).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=("OUT folder: an ImageFolder <class>/<path under DATA>__<bg-class>__<bg-name>.<ext> (the "
+                                                           "class by --class-level / --metadata) and manifest.csv (source, class and group of each "
+                                                           "composite); with --output-layout webdataset, tar shards and index.json instead."))],
     per_image: PerImage = 1,
     bg_from: BgFrom = BackgroundsFrom.any,
     only_fg: Annotated[bool, typer.Option("--only-fg", help="Write each foreground on a flat fill instead (IN-9 Only-FG).")] = False,
@@ -444,7 +492,8 @@ def compose_cmd(
     feather: Annotated[float, typer.Option("--feather", help="Soft edge of the foreground, in pixels.", **_range("feather"))] = 2.0,
     scale: Annotated[str, typer.Option("--scale", help="Random foreground scale range a,b (e.g. 0.8,1.2).")] = "1,1",
     rotate: Annotated[float, typer.Option("--rotate", help="Random rotation up to this many degrees either way.", **_range("rotate"))] = 0.0,
-    translate: Annotated[int, typer.Option("--translate", help="Random shift up to this many pixels on each axis (kept inside the frame).", **_range("translate"))] = 0,
+    translate: Annotated[int, typer.Option("--translate", help="Random shift up to this many pixels on each axis (kept inside the frame).",
+                                           **_range("translate"))] = 0,
     fill: Annotated[str, typer.Option("--fill", help="--only-fg: the flat fill colour as R,G,B.")] = "0,0,0",
     out_format: EncodeFormat = OutputFormat.same,
     quality: Quality = 95,
@@ -460,7 +509,8 @@ def compose_cmd(
 
     variant = one_of({"--only-fg": only_fg, "--only-bg": only_bg}, default="swap")
     options = common.into(  # --scale / --fill read here until the compose package reads them
-        ComposeOptions, per_image=per_image, bg_from=bg_from.value, variant=variant, tight=tight, min_confidence=min_confidence, feather=feather, scale=floats(scale, "--scale", 2),
+        ComposeOptions, per_image=per_image, bg_from=bg_from.value, variant=variant, tight=tight, min_confidence=min_confidence, feather=feather,
+        scale=floats(scale, "--scale", 2),
         rotate=rotate, translate=translate, fill=tuple(int(v) for v in floats(fill, "--fill", 3)), include_originals=include_originals,
         out_format=out_format.value, quality=quality, layout=layout.value, shard_size=shard_size,
     )
@@ -473,10 +523,13 @@ def compose_cmd(
 
 @_command("train-classifier", shared=_TRAINER, batch_size=32)
 def train_classifier_cmd(
-    data: Annotated[Path, typer.Argument(help="Training ImageFolder, e.g. compose's OUT (its manifest.csv is ignored), or any folder with --class-level / --metadata.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write, e.g. model.safetensors (+ model.safetensors.json: the run record).", dir_okay=False)],
+    data: Annotated[Path, typer.Argument(help=("Training ImageFolder, e.g. compose's OUT (its manifest.csv is ignored), or any folder with "
+                                               "--class-level / --metadata."))],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write, e.g. model.safetensors (+ model.safetensors.json: the run record).",
+                                      dir_okay=False)],
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.", **_range("epochs"))] = 50,
-    image_size: Annotated[int, typer.Option("--image-size", help="Network input side; images are resized (squashed) to it.", **_range("image_size", "classifier"))] = 64,
+    image_size: Annotated[int, typer.Option("--image-size", help="Network input side; images are resized (squashed) to it.", **_range("image_size",
+                                                                                                                                      "classifier"))] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (one-cycle schedule).", **_range("lr"))] = 1e-2,
     common: CommonOptions = None,
     data_layout: DatasetLayout = None,
@@ -502,15 +555,24 @@ def evaluate_cmd(
     test: Annotated[Path, typer.Argument(help="Test ImageFolder (or any folder with --class-level / --metadata ... --split test).")],
     masks: Annotated[Path, typer.Option("--masks", help="MASKS of the test images (from `autobackswap segment`, or ground truth).")],
     backgrounds: Annotated[Path, typer.Option("--backgrounds", help="BACKGROUNDS of the test images (from `autobackswap inpaint`).")],
-    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Classifier file written by train-classifier; repeat to compare models.", dir_okay=False)] = None,
+    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Classifier file written by train-classifier; repeat to compare models.",
+                                                        dir_okay=False)] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Or a torchvision model name (e.g. resnet18) ...")] = None,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="... with its state dict file: safetensors or torch.save, loaded without running code (never downloaded).", dir_okay=False)] = None,
-    torchscript: Annotated[Optional[list[Path]], typer.Option("--torchscript", help="Or a TorchScript model from another tool (opt-in: TorchScript is deprecated and its files carry code); repeatable.", dir_okay=False)] = None,
-    mix_from: Annotated[Optional[Path], typer.Option("--mix-from", help="Backgrounds for the mixed-* variants, by class (default: --backgrounds). On a test set whose backgrounds do not follow its classes, give the training set's.")] = None,
-    groups: Annotated[Optional[Path], typer.Option("--groups", help="CSV with image,background columns (image relative to TEST): per-group and worst-group accuracy. With --metadata, its group column (e.g. Waterbirds' place) gives the groups instead.", dir_okay=False)] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help=("... with its state dict file: safetensors or torch.save, loaded without "
+                                                                       "running code (never downloaded)."), dir_okay=False)] = None,
+    torchscript: Annotated[Optional[list[Path]], typer.Option("--torchscript", help=("Or a TorchScript model from another tool (opt-in: TorchScript "
+                                                                                     "is deprecated and its files carry code); repeatable."),
+                                                                                     dir_okay=False)] = None,
+    mix_from: Annotated[Optional[Path], typer.Option("--mix-from", help=("Backgrounds for the mixed-* variants, by class (default: --backgrounds). On "
+                                                                         "a test set whose backgrounds do not follow its classes, give the training "
+                                                                         "set's."))] = None,
+    groups: Annotated[Optional[Path], typer.Option("--groups", help=("CSV with image,background columns (image relative to TEST): per-group and "
+                                                                     "worst-group accuracy. With --metadata, its group column (e.g. Waterbirds' "
+                                                                     "place) gives the groups instead."), dir_okay=False)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON.", dir_okay=False)] = None,
     chart: Annotated[Optional[Path], typer.Option("--chart", help="Write a bar chart PNG of the accuracies.", dir_okay=False)] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side (default: from the model file, else 224).", **_range("image_size"))] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Model input side (default: from the model file, else 224).",
+                                                      **_range("image_size"))] = None,
     common: CommonOptions = None,
     data_layout: DatasetLayout = None,
 ) -> None:
@@ -529,8 +591,10 @@ def evaluate_cmd(
 
 @_command("convert-model", layout=False)
 def convert_model_cmd(
-    source: Annotated[Path, typer.Argument(help="An old-style model file: a segmenter saved with torch.save or a TorchScript classifier, from autobackswap before 0.2.", dir_okay=False)],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The safetensors file to write (default: SOURCE with the suffix .safetensors).", dir_okay=False)] = None,
+    source: Annotated[Path, typer.Argument(help=("An old-style model file: a segmenter saved with torch.save or a TorchScript classifier, from "
+                                                 "autobackswap before 0.2."), dir_okay=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The safetensors file to write (default: SOURCE with the suffix .safetensors).",
+                                                dir_okay=False)] = None,
 ) -> None:
     """Rewrite an old model file as safetensors weights with a JSON description (read without pickle)."""
     from .convert import convert_model
@@ -547,8 +611,10 @@ def run_cmd(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Input folder: an ImageFolder (DATA/<class>/<image>), or any layout with --class-level / --metadata.")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="LABELS folder (from `autobackswap label`).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="WORK folder: segmenter.safetensors, masks/, backgrounds/, composites/ and autobackswap.json (every step's options).")],
-    config: Annotated[Optional[Path], typer.Option("--config", help="Replay the options of an earlier run: its WORK/autobackswap.json. Options given here override it.", dir_okay=False, exists=True)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help=("WORK folder: segmenter.safetensors, masks/, backgrounds/, composites/ and "
+                                                           "autobackswap.json (every step's options)."))],
+    config: Annotated[Optional[Path], typer.Option("--config", help=("Replay the options of an earlier run: its WORK/autobackswap.json. Options given "
+                                                                     "here override it."), dir_okay=False, exists=True)] = None,
     backbone: BackboneOpt = Backbone(DEFAULT_BACKBONE),
     pretrained: Pretrained = False,
     epochs: SegmenterEpochs = None,

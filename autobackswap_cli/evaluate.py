@@ -259,7 +259,8 @@ def _mean(values) -> float | None:
 def _model_report(model: Classifier, correct: dict[str, dict[str, bool]], groups: dict[str, str] | None, items: Sequence[ImageItem]) -> dict:
     accuracy = {v: _mean(correct[v].values()) for v in VARIANTS}
     gap = None if accuracy["mixed-same"] is None else round(accuracy["mixed-same"] - accuracy["mixed-rand"], 5)
-    report = {"name": model.name, "source": model.source, "image_size": model.image_size, "accuracy": accuracy, "bg_gap": gap, "groups": None, "worst_group": None}
+    report = {"name": model.name, "source": model.source, "image_size": model.image_size, "accuracy": accuracy, "bg_gap": gap, "groups": None,
+              "worst_group": None}
     if groups is not None:
         scored: dict[tuple[str, str], list[bool]] = {}
         for it in items:

@@ -190,13 +190,3 @@ def existing_file(path: Path, what: str) -> Path:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def __getattr__(name: str):
-    """``convert_model`` lives in ``autobackswap_cli.convert`` (it builds classifiers and segmenters, which read
-    their files through this module); still offered here, looked up on first use."""
-    if name == "convert_model":
-        from .convert import convert_model
-
-        return convert_model
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

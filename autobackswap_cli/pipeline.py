@@ -160,8 +160,8 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
     """Run every step in order; returns the item steps' reports (failures do not stop later steps). WORK gets a
     run record with every step's options (``run --config`` replays it). An image with no foreground is no
     failure: segment writes its empty mask, inpaint keeps it as its own background, compose leaves it out and
-    counts it (``no_foreground``), as it does an image whose mask is probably wrong (``low_confidence``); only failures make the exit code 1. Every step places images in classes by
-    ``options.layout``."""
+    counts it (``no_foreground``), as it does an image whose mask is probably wrong (``low_confidence``); only
+    failures make the exit code 1. Every step places images in classes by ``options.layout``."""
     with using_layout(options.layout):
         return _run_steps(data, labels, work, options)
 

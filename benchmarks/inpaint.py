@@ -82,7 +82,7 @@ def run_set(name: str, root: Path, repeats: int) -> dict:
     inpainters = {label: make_inpainter(options) for label, options in BACKENDS}
     best = {label: float("inf") for label in inpainters}
     outputs = {}
-    for label, inp in inpainters.items():
+    for inp in inpainters.values():
         inp.inpaint(cases[0][0], cases[0][1])  # warm-up
     for _ in range(repeats):  # interleaved rounds, best of N: every backend sees the same machine load
         for label, inp in inpainters.items():

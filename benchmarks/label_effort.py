@@ -76,10 +76,12 @@ def main() -> None:
     if checkpoint is None:
         checkpoint = Path(tempfile.mkdtemp()) / "segmenter.safetensors"
         print(f"training a segmenter on {labels} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "autobackswap_cli", "train-segmenter", str(SAMPLE / "train"), str(labels), "-o", str(checkpoint), "--no-progress"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "autobackswap_cli", "train-segmenter", str(SAMPLE / "train"), str(labels), "-o", str(checkpoint),
+                        "--no-progress"], check=True, capture_output=True)
     predict = GridPredictor(checkpoint)
 
-    rows: dict[str, list[int]] = {"unassisted: patches to sweep": [], "unassisted: clicks/drags + keys": [], "assisted: patches to sweep": [], "assisted: clicks/drags + keys": []}
+    rows: dict[str, list[int]] = {"unassisted: patches to sweep": [], "unassisted: clicks/drags + keys": [], "assisted: patches to sweep": [],
+                                  "assisted: clicks/drags + keys": []}
     for item in held_out:
         truth = truth_grid(item, grid) == FOREGROUND
         for plan, (sweep, actions) in (("unassisted", unassisted_actions(truth)), ("assisted", assisted_actions(predict(item) == FOREGROUND, truth))):

@@ -221,7 +221,8 @@ def run_variant(variant: str, work: Path, seeds: list[int], labels: int, conditi
     composites: dict[str, dict[int, Path]] = {c: {} for c in conditions}
     if "ours" in conditions:
         ours = work / "ours"
-        timings["ours: run (train, segment, inpaint, compose)"] = cli("run", data / "train", "--labels", work / "labels", "-o", ours, "--per-image", PER_IMAGE, "--seed", seeds[0])
+        timings["ours: run (train, segment, inpaint, compose)"] = cli("run", data / "train", "--labels", work / "labels", "-o", ours, "--per-image",
+                                                                      PER_IMAGE, "--seed", seeds[0])
         timings["ours: train-segmenter"] = json.loads((ours / "segmenter.safetensors.json").read_text())["wall_time_s"]
         timings["ours: segment"] = run_record(ours / "masks")["wall_time_s"]
         composites["ours"][seeds[0]] = ours / "composites"
@@ -240,7 +241,8 @@ def run_variant(variant: str, work: Path, seeds: list[int], labels: int, conditi
     if "ceiling" in conditions:
         for seed in seeds:
             composites["ceiling"][seed] = work / f"ceiling/composites-{seed}"
-            cli("compose", data / "train", data / "masks/train", data / "backgrounds/train", "-o", composites["ceiling"][seed], "--per-image", PER_IMAGE, "--seed", seed)
+            cli("compose", data / "train", data / "masks/train", data / "backgrounds/train", "-o", composites["ceiling"][seed], "--per-image", PER_IMAGE,
+                "--seed", seed)
         out["ceiling"] = quality(data, data / "masks/train", None, composites["ceiling"][seeds[0]], None, labelled)
         out["ceiling"].update(filled=None, psnr=None, texture=1.0)
     for peer in PEERS:

@@ -31,7 +31,8 @@ def _outputs(out: Path) -> set[str]:
 
 
 def _compose(sample: Path, out: Path, *extra: str, expect: int = 0):
-    return cli("compose", sample / "train", sample / "masks/train", sample / "backgrounds/train", "-o", out, "--no-progress", "--workers", "1", *extra, expect=expect)
+    return cli("compose", sample / "train", sample / "masks/train", sample / "backgrounds/train", "-o", out, "--no-progress", "--workers", "1", *extra,
+               expect=expect)
 
 
 def test_composite_is_foreground_where_alpha_is_one_and_background_where_zero(small_sample, tmp_path):
@@ -67,7 +68,8 @@ def test_other_class_never_keeps_the_class_background_and_next_class_cycles(smal
 
 
 def _digests(out: Path) -> dict[str, str]:
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "autobackswap.json"}
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "autobackswap.json"}
 
 
 def test_same_seed_gives_byte_identical_outputs(small_sample, tmp_path):
@@ -162,7 +164,8 @@ def test_an_image_with_no_foreground_is_counted_and_listed_not_failed(small_samp
 
 def test_killed_compose_resumes_without_partial_files_and_a_full_manifest(tmp_path):
     generate(tmp_path / "s", SampleSpec(seed=2, size=256, train_per_class=40, test_per_group=1, labelled=0))
-    args = ["compose", tmp_path / "s/train", tmp_path / "s/masks/train", tmp_path / "s/backgrounds/train", "-o", tmp_path / "out", "--per-image", "3", "--workers", "1", "--no-progress", "--encode-format", "png"]
+    args = ["compose", tmp_path / "s/train", tmp_path / "s/masks/train", tmp_path / "s/backgrounds/train", "-o", tmp_path / "out", "--per-image", "3",
+            "--workers", "1", "--no-progress", "--encode-format", "png"]
     proc = cli_background(*args)
     wait_until(proc, lambda: len(list((tmp_path / "out").rglob("*.png"))) >= 30)
     os.killpg(proc.pid, signal.SIGKILL)

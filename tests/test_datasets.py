@@ -84,7 +84,8 @@ def spawrious(tmp_path_factory) -> Path:
             for b, breed in enumerate(BREEDS):
                 for i in range(2):
                     rel = f"{env}/{location}/{breed}/{location}_{breed}_{i}.png"
-                    grid = _scene(root / "m2m" / rel, LOCATION_COLOURS[location], BREED_COLOURS[breed], (6 + 4 * b, 10 + 6 * i, 30 + 4 * b, 40), root.parent / "truth", rel)
+                    grid = _scene(root / "m2m" / rel, LOCATION_COLOURS[location], BREED_COLOURS[breed], (6 + 4 * b, 10 + 6 * i, 30 + 4 * b, 40),
+                                  root.parent / "truth", rel)
                     if i == 0:
                         masks_rows.append([f"/{rel}", grid])
     with open(root / "masks.csv", "w", newline="") as f:
@@ -128,7 +129,8 @@ def test_waterbirds_compose_files_each_composite_under_its_class_and_a_classifie
     backgrounds = sorted(p.relative_to(tmp_path / "bg").as_posix() for p in (tmp_path / "bg").rglob("*.jpg"))
     assert backgrounds == sorted(r["img_filename"] for r in _rows(meta) if r["split"] == "0")  # mirrors images/, train rows only
     out = tmp_path / "out"
-    cli("compose", images, waterbirds / "truth", tmp_path / "bg", "-o", out, "--per-image", "2", "--bg-from", "other-class", "--workers", "0", "--no-progress", *train)
+    cli("compose", images, waterbirds / "truth", tmp_path / "bg", "-o", out, "--per-image", "2", "--bg-from", "other-class", "--workers", "0",
+        "--no-progress", *train)
     truth = {r["img_filename"]: r for r in _rows(meta)}
     manifest = _rows(out / "manifest.csv")
     assert len(manifest) == 32 and sorted(p.name for p in out.iterdir() if p.is_dir()) == ["landbird", "waterbird"]

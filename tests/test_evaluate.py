@@ -21,7 +21,8 @@ from conftest import SAMPLE_DATA, cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # foreign models come as TorchScript (--torchscript)
 S = SAMPLE_DATA
-GROUND_TRUTH_TEST = ("--masks", S / "masks/test", "--backgrounds", S / "backgrounds/test", "--mix-from", S / "backgrounds/train", "--groups", S / "test_groups.csv")
+GROUND_TRUTH_TEST = ("--masks", S / "masks/test", "--backgrounds", S / "backgrounds/test", "--mix-from", S / "backgrounds/train", "--groups",
+                     S / "test_groups.csv")
 
 
 class MeanColourModel(nn.Module):

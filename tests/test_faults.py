@@ -122,7 +122,7 @@ def test_a_stop_signal_at_a_random_point_ends_segment_cleanly_every_time(big_set
         shutil.rmtree(out, ignore_errors=True)  # every attempt from the start, so the signal lands mid-run
         with _reaped(_start("segment", big_set, "-m", tiny_checkpoint, "-o", out, *SEGMENT_ARGS)) as proc:
             at = rng.randint(1, 250)  # masks written before the signal: from the first batch to near the end
-            wait_until(proc, lambda: len(_files(out)) >= at)
+            wait_until(proc, lambda at=at: len(_files(out)) >= at)
             code, err, took = _stop(proc, sig)
             assert code == 128 + sig, f"attempt {attempt}: exit {code}\n{err}"
             assert f"interrupted ({signal.Signals(sig).name})" in err and "run the same command again" in " ".join(err.split())

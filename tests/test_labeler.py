@@ -122,7 +122,8 @@ def test_page_session_grid_and_image_round_trip(small_sample, labels):
         assert status == 200 and b"app.js" in page
         assert call(server, "GET", "/static/app.js")[0] == 200
         status, session = call(server, "GET", "/api/session")
-        assert status == 200 and session["grid"] == P and session["progress"] == {"done": 0, "total": 3, "classes": {"cross": [0, 1], "disc": [0, 1], "triangle": [0, 1]}}
+        assert status == 200 and session["grid"] == P and session["progress"] == {"done": 0, "total": 3, "classes": {"cross": [0, 1], "disc": [0, 1],
+                                                                                                                     "triangle": [0, 1]}}
         status, image = call(server, "GET", f"/api/image/{rel}")
         assert status == 200 and image == (small_sample / "train" / rel).read_bytes()
         status, got = call(server, "GET", f"/api/grid/{rel}")

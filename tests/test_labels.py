@@ -93,7 +93,8 @@ def test_select_stratified_handles_uneven_classes():
 
 
 def test_csv_export_then_import_round_trips(small_sample, tmp_path):
-    cli("label", small_sample / "train", "-o", tmp_path / "l1", "--from-masks", small_sample / "masks/train", "--grid", "8", "--export-csv", tmp_path / "masks.csv")
+    cli("label", small_sample / "train", "-o", tmp_path / "l1", "--from-masks", small_sample / "masks/train", "--grid", "8", "--export-csv",
+        tmp_path / "masks.csv")
     rows = list(csv.DictReader(open(tmp_path / "masks.csv")))
     assert len(rows) == 24 and all(len(r["mask"]) == 64 and set(r["mask"]) <= {"0", "1"} for r in rows)
     cli("label", small_sample / "train", "-o", tmp_path / "l2", "--from-csv", tmp_path / "masks.csv")  # grid inferred
@@ -188,7 +189,8 @@ def test_label_without_importer_serves_the_page_until_ctrl_c(small_sample, tmp_p
         assert f"ssh -L {url[2]}:127.0.0.1:{url[2]} " in printed
         session = json.loads(urllib.request.urlopen(url[1] + "api/session", timeout=10).read())
         rel = session["images"][0]["rel"]
-        put = urllib.request.Request(url[1] + f"api/grid/{rel}", method="PUT", data=json.dumps({"grid": [[255] * 8] * 8}).encode(), headers={"Content-Type": "application/json"})
+        put = urllib.request.Request(url[1] + f"api/grid/{rel}", method="PUT", data=json.dumps({"grid": [[255] * 8] * 8}).encode(),
+                                     headers={"Content-Type": "application/json"})
         assert json.loads(urllib.request.urlopen(put, timeout=10).read())["state"] == "done"
     finally:
         proc.send_signal(signal.SIGINT)

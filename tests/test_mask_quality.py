@@ -34,8 +34,8 @@ def _confidence(probs: np.ndarray, saliency: np.ndarray | None, looked_again: bo
 
 def test_confidence_ranks_broken_masks_below_good_ones():
     """The failures the real-photo benchmark shows, drawn: the object lost (a few unsure pixels, found on a second
-    look), specks instead of an object, another thing taken unsurely instead of the salient object, an empty mask. Each scores below compose's default threshold, a clean cut-out of the
-    salient object above it."""
+    look), specks instead of an object, another thing taken unsurely instead of the salient object, an empty mask.
+    Each scores below compose's default threshold, a clean cut-out of the salient object above it."""
     yy, xx = np.mgrid[:40, :40]
     disc = lambda y, x, r: (yy - y) ** 2 + (xx - x) ** 2 < r * r  # noqa: E731
     salient = disc(20, 20, 10).astype(np.float32)  # what stands out in the image: the object

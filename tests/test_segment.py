@@ -133,7 +133,8 @@ def test_masks_do_not_depend_on_batch_size_or_shards(tmp_path):
     for name, extra in runs.items():
         cli("segment", SAMPLE_DATA / "train", "-m", ckpt, "-o", tmp_path / name, "--workers", "1", "--no-progress", *extra)
     for k in range(3):
-        cli("segment", SAMPLE_DATA / "train", "-m", ckpt, "-o", tmp_path / "shards", "--shard", f"{k}/3", "--batch-size", "5", "--workers", "1", "--no-progress")
+        cli("segment", SAMPLE_DATA / "train", "-m", ckpt, "-o", tmp_path / "shards", "--shard", f"{k}/3", "--batch-size", "5", "--workers", "1",
+            "--no-progress")
     masks = {name: {p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*.png")} for name in (*runs, "shards")}
     assert len(masks["b7"]) == 180 and masks["b7"] == masks["b32"] == masks["shards"]
     # and at the source: one thread (as beside workers), an image's probabilities alone and in a batch of 32

@@ -47,8 +47,10 @@ def test_default_segmenter_reaches_iou_080_on_unseen_sample_images(tmp_path):
 
 
 def test_pretrained_without_cache_or_network_is_a_clear_error(small_sample, tmp_path):
-    env = {"TORCH_HOME": str(tmp_path / "empty_cache"), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
-    result = cli_subprocess("train-segmenter", small_sample / "train", small_sample / "labels", "-o", tmp_path / "s.safetensors", "--backbone", "resnet18", "--pretrained", "--no-progress", env=env, timeout=120)
+    env = {"TORCH_HOME": str(tmp_path / "empty_cache"), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9"}
+    result = cli_subprocess("train-segmenter", small_sample / "train", small_sample / "labels", "-o", tmp_path / "s.safetensors", "--backbone", "resnet18",
+                            "--pretrained", "--no-progress", env=env, timeout=120)
     assert result.returncode == 2
     text = " ".join(result.stderr.split())
     assert "not in torch's cache" in text and "--weights" in text
@@ -62,12 +64,14 @@ def test_local_weights_file_is_loaded_and_a_wrong_one_refused(small_sample, tmp_
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
     ckpt = tmp_path / "s.safetensors"
-    cli("train-segmenter", small_sample / "train", small_sample / "labels", "-o", ckpt, "--backbone", "resnet18", "--weights", tmp_path / "resnet18.pth", "--epochs", "1", "--no-progress")
+    cli("train-segmenter", small_sample / "train", small_sample / "labels", "-o", ckpt, "--backbone", "resnet18", "--weights", tmp_path / "resnet18.pth",
+        "--epochs", "1", "--no-progress")
     meta = read_checkpoint(ckpt)
     assert meta["backbone"] == "resnet18" and meta["image_size"] == 128  # stride 16 x grid 8
     assert meta["options"]["weights"].endswith("resnet18.pth")
     torch.save(torchvision.models.mobilenet_v3_large(weights=None).state_dict(), tmp_path / "mnv3.pth")
-    result = cli("train-segmenter", small_sample / "train", small_sample / "labels", "-o", tmp_path / "x.safetensors", "--backbone", "resnet18", "--weights", tmp_path / "mnv3.pth", "--no-progress", expect=2)
+    result = cli("train-segmenter", small_sample / "train", small_sample / "labels", "-o", tmp_path / "x.safetensors", "--backbone", "resnet18", "--weights",
+                 tmp_path / "mnv3.pth", "--no-progress", expect=2)
     assert "do not fit resnet18" in result.output
 
 

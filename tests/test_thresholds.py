@@ -66,7 +66,8 @@ def test_thresholds_travel_from_checkpoint_through_masks_to_inpaint_and_compose(
     (truth_masks / "autobackswap.json").write_text(json.dumps(run_record(masks)))
 
     cli("inpaint", data, truth_masks, "-o", tmp_path / "bg", "--method", "pyramid", "--dilate", "0", "--encode-format", "png", "--no-progress")
-    cli("inpaint", data, truth_masks, "-o", tmp_path / "bg_fixed", "--method", "pyramid", "--dilate", "0", "--loose", "0.1", "--encode-format", "png", "--no-progress")
+    cli("inpaint", data, truth_masks, "-o", tmp_path / "bg_fixed", "--method", "pyramid", "--dilate", "0", "--loose", "0.1", "--encode-format", "png",
+        "--no-progress")
     record, fixed = run_record(tmp_path / "bg")["options"], run_record(tmp_path / "bg_fixed")["options"]
     assert (record["loose_threshold"], record["loose_threshold_from"]) == (0.35, "masks' segmenter")
     assert (fixed["loose_threshold"], fixed["loose_threshold_from"]) == (0.1, "option")

@@ -17,7 +17,7 @@ Every name this package had as one module is still importable from it.
 from .core import (BG_RULES, DEFAULT_FEATHER, Compositor, Placement, blend, fit_background, foreground_alpha, item_rng, key_digest,
                    place_foreground, placement_matrix, sample_placement)
 from .dataset import BackSwapDataset
-from .layouts import OUTPUT_LAYOUTS, ImageFiles, TarShards, _spread_outputs
+from .layouts import OUTPUT_LAYOUTS, ImageFiles, TarShards
 from .options import BG_MODES, VARIANTS, ComposeOptions
 from .pool import BackgroundPool, candidate_classes
 from .step import MANIFEST_FIELDS, Composite, ComposeStep, TarComposeStep, compose_step

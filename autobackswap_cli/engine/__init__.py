@@ -37,19 +37,11 @@ from .step import Step
 from .folder import run_on_folder
 
 __all__ = [
-    "FailFast", "LEFT_OUT_KINDS", "LeftOut", "LowConfidence", "NoForeground", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS", "CommonOptions", "RunOptions", "Shard",
+    "FailFast", "LEFT_OUT_KINDS", "LeftOut", "LowConfidence", "NoForeground", "StepError", "failure_reason", "RunReport", "run_step", "PRECISIONS",
+    "CommonOptions", "RunOptions", "Shard",
     "available_cores", "default_workers", "parse_shard", "resolve_device", "resolve_devices", "resolve_precision", "resolve_shard",
-    "shard_from_env", "console", "make_progress", "print_summary", "PAPER_THRESHOLDS", "RUN_RECORD", "build_record",
-    "mask_threshold", "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record", "prepare_items", "check_outputs", "read_items", "Step",
+    "shard_from_env", "console", "make_progress", "print_summary", "RUN_RECORD", "build_record",
+    "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record",
+    "prepare_items", "check_outputs", "read_items", "Step",
     "DatasetLayout", "active_layout", "metadata_table", "using_layout", "scan_dataset", "run_on_folder",
 ]
-
-
-def __getattr__(name: str):
-    """``PAPER_THRESHOLDS`` and ``mask_threshold`` moved to ``autobackswap_cli.mask_thresholds`` (a format the
-    engine does not read); still offered here, looked up on first use (importing them here would be a circle)."""
-    if name in ("PAPER_THRESHOLDS", "mask_threshold"):
-        from .. import mask_thresholds
-
-        return getattr(mask_thresholds, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

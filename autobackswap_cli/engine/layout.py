@@ -12,7 +12,6 @@ read ``active_layout()``, and every run record holds it (``options.layout``), so
 
 from __future__ import annotations
 
-import os
 import posixpath
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -80,7 +79,7 @@ class DatasetLayout:
         return cls(**(values or {}))
 
 
-_ACTIVE: ContextVar[DatasetLayout] = ContextVar("autobackswap_layout", default=DatasetLayout())
+_ACTIVE: ContextVar[DatasetLayout] = ContextVar("autobackswap_layout", default=DatasetLayout())  # noqa: B039 - frozen, immutable
 
 
 def active_layout() -> DatasetLayout:
@@ -225,7 +224,7 @@ def _read_table(layout: DatasetLayout, path: Path, root: Path, ids: bool) -> Met
         value = row[class_i].strip()
         if not value:
             raise StepError(f"--metadata {table.where(line)}: no class for {rel}")
-        where = lambda: table.where(line)  # noqa: E731 (only formatted for an error)
+        where = lambda line=line: table.where(line)  # noqa: E731 (only formatted for an error)
         rows[key] = (classes(value, where), groups(row[group_i].strip(), where) if group_i is not None else None, line)
         table.kept += 1
     if not rows:

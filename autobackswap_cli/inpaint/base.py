@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -27,7 +27,6 @@ class InpaintOptions:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    extra: dict = field(default_factory=dict)
 
 
 class Inpainter:

@@ -74,7 +74,8 @@ class DiffusersInpainter(Inpainter):
         try:
             with warnings.catch_warnings():  # newer diffusers call it `dtype`; `torch_dtype` works in every version
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-                pipeline = AutoPipelineForInpainting.from_pretrained(self.location, torch_dtype=getattr(torch, PRECISIONS[self.precision]), local_files_only=self.local_only)
+                pipeline = AutoPipelineForInpainting.from_pretrained(self.location, torch_dtype=getattr(torch, PRECISIONS[self.precision]),
+                                                                     local_files_only=self.local_only)
         except Exception as exc:
             raise StepError(f"could not load the diffusers inpainting pipeline {self.options.model!r} ({self.source}): {type(exc).__name__}: {exc}") from None
         pipeline.set_progress_bar_config(disable=True)

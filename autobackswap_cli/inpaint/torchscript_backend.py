@@ -62,7 +62,8 @@ class TorchScriptInpainter(Inpainter):
                 self.model = torch.jit.load(str(self.path), map_location=self.device).eval()
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StepError(f"--model {self.options.model}: torch.jit.load could not read it as a TorchScript model ({reason}); export one with torch.jit.script or torch.jit.trace and torch.jit.save") from None
+            raise StepError((f"--model {self.options.model}: torch.jit.load could not read it as a TorchScript model ({reason}); export one with "
+                             f"torch.jit.script or torch.jit.trace and torch.jit.save")) from None
 
     def crop_box(self, hole: np.ndarray) -> tuple[int, int, int, int]:
         return context_box(hole, self.options.margin, self.min_crop)
@@ -96,4 +97,5 @@ class TorchScriptInpainter(Inpainter):
 
     def record(self) -> dict:
         """What ran: the model file, the device, the crop rule."""
-        return {"method": self.name, "model": str(self.path), "device": self.device, "dtype": "float32", "margin": self.options.margin, "min_crop": self.min_crop}
+        return {"method": self.name, "model": str(self.path), "device": self.device, "dtype": "float32", "margin": self.options.margin,
+                "min_crop": self.min_crop}

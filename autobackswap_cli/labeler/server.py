@@ -256,9 +256,11 @@ def serve(store: LabelStore, host: str = "127.0.0.1", port: int | None = None, o
     for note in store.notes:
         console.print(f"[yellow]note:[/] {note}")
     progress = store.summary()["progress"]
-    console.print(f"labelling {progress['total']} images ({progress['done']} done) into {store.labels_dir}" + (" - pre-filled by the segmenter" if store.predictor else ""))
+    console.print(f"labelling {progress['total']} images ({progress['done']} done) into {store.labels_dir}"
+                  + (" - pre-filled by the segmenter" if store.predictor else ""))
     console.print(f"open [bold]{server.url}[/]")
-    console.print(f"on a remote box, forward the port from your computer first:  ssh -L {bound_port}:127.0.0.1:{bound_port} {getpass.getuser()}@{socket.gethostname()}")
+    console.print((f"on a remote box, forward the port from your computer first:  ssh -L {bound_port}:127.0.0.1:{bound_port} "
+                   f"{getpass.getuser()}@{socket.gethostname()}"))
     console.print("Ctrl-C stops the server; every change is already saved.")
     if open_browser and browser_available():
         threading.Thread(target=webbrowser.open, args=(server.url,), daemon=True).start()
@@ -272,7 +274,8 @@ def serve(store: LabelStore, host: str = "127.0.0.1", port: int | None = None, o
     record = store.run_record(started, interrupted=stopped is not None)
     write_run_record(store.labels_dir / "autobackswap.json", record)
     counts = record["counts"]
-    console.print(f"[green]label[/]: {counts['done']} of {counts['total']} images labelled in this selection, {counts['labelled_in_folder']} label file(s) in {store.labels_dir}")
+    console.print((f"[green]label[/]: {counts['done']} of {counts['total']} images labelled in this selection, {counts['labelled_in_folder']} label "
+                   f"file(s) in {store.labels_dir}"))
     if stopped is not None:
         raise as_interrupted(stopped, hint="every label is saved; run the same command again to go on labelling") from None
     return record

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..engine import StepError, build_record
 from ..images import ImageError, ImageItem, encode_image, is_inside, read_image, write_bytes_atomic
-from ..label_format import BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, label_path, read_grid, read_labels_info, select_stratified, write_labels_info
+from ..label_format import (BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, label_path, read_grid, read_labels_info,
+                            select_stratified, write_labels_info)
 
 SESSION_FILE = "labeler.json"
 VALID_VALUES = (BACKGROUND, UNLABELLED, FOREGROUND)
@@ -130,7 +131,8 @@ class LabelStore:
             self.notes.append(f"resuming the saved selection (seed {session.seed}); --seed {seed} is not used")
         if wanted > session.count:
             taken = set(session.images)
-            added = interleave_classes([k for k in select_stratified(keys, wanted, session.seed, self._class_of) if k not in taken][: wanted - session.count], self._class_of)
+            added = interleave_classes([k for k in select_stratified(keys, wanted, session.seed, self._class_of) if k not in taken][: wanted - session.count],
+                                       self._class_of)
             session.images += added
             session.count = wanted
             self.notes.append(f"--count {wanted}: {len(added)} image(s) added to the saved selection")
@@ -313,6 +315,7 @@ class LabelStore:
         progress = self._progress()
         return build_record(
             "label", status="interrupted" if interrupted else "completed", wall_time_s=time.time() - started, method="interactive",
-            options={"count": self.session.count, "seed": self.session.seed, "grid": self.grid, "segmenter": str(self.predictor.checkpoint) if self.predictor else None},
+            options={"count": self.session.count, "seed": self.session.seed, "grid": self.grid,
+                     "segmenter": str(self.predictor.checkpoint) if self.predictor else None},
             counts={"total": progress["total"], "done": progress["done"], "skipped": len(self.session.skipped), "labelled_in_folder": len(self.labelled)},
         )

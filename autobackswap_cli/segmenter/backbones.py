@@ -24,7 +24,8 @@ class BackboneInfo:
 
 DEFAULT_BACKBONE = "u2netp"
 BACKBONE_INFO: dict[str, BackboneInfo] = {b.name: b for b in (
-    BackboneInfo("u2netp", "U^2-Net-p's pixel-accurate saliency, corrected by the labels with EfficientNet-Lite0's ImageNet features (both frozen; weights installed with the package, no download) (default)",
+    BackboneInfo("u2netp", ("U^2-Net-p's pixel-accurate saliency, corrected by the labels with EfficientNet-Lite0's ImageNet features (both frozen; "
+                            "weights installed with the package, no download) (default)"),
                  10, epochs=80, lr=4e-3, patience=20, heavy=True),
     BackboneInfo("small-cnn", "small CNN from scratch, patch resolution (CPU friendly)", 8),
     BackboneInfo("efficientnet_b0", "EfficientNet-B0 (the paper's choice)", 16, "efficientnet_b0"),

@@ -288,7 +288,7 @@ def _torchvision_state_dict(spec: Backbone) -> dict:
         raise StepError(
             f"--pretrained: ImageNet weights for {spec.name} are not in torch's cache ({cached}) and could not be "
             f"downloaded ({type(exc).__name__}: {exc}). Put the file there, pass a local state dict with "
-            f"--weights FILE, or train without --pretrained (the default small-cnn needs no weights)."
+            f"--weights FILE, or train without --pretrained (the default u2netp ships its weights with the package)."
         ) from exc
 
 

@@ -244,7 +244,8 @@ class SegmentStep(Step):
         looks = self.predictor.predict([b[0] for b in batch])
         return [(probs, (b[1], again, saliency)) for (probs, saliency, again), b in zip(looks, batch)]
 
-    def write(self, item: ImageItem, result: tuple[np.ndarray, tuple[tuple[tuple[int, int], np.ndarray | None], bool, np.ndarray | None]]) -> tuple[bool, float]:
+    def write(self, item: ImageItem, result: tuple[np.ndarray, tuple[tuple[tuple[int, int], np.ndarray | None], bool, np.ndarray | None]]) -> tuple[bool,
+                                                                                                                                                    float]:
         """Worker: upsample, refine, score and write the mask (its confidence in a PNG note); returns whether the
         model looked at the image again, and the confidence."""
         probs, (((h, w), guide), looked_again, saliency) = result

@@ -337,7 +337,8 @@ def _fit(model, inputs: _Inputs, opts: TrainOptions, progress: bool) -> tuple[di
                 best = {"epoch": epoch + 1, "val_iou": val_iou, "val_loss": val_loss}
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             stale = 0 if improved else stale + 1
-            bar.update(task, advance=1, status=f"loss {train_loss:.3f} · val loss {val_loss:.3f} · val IoU {val_iou:.3f} · best {best['val_iou']:.3f} @ {best['epoch']}")
+            bar.update(task, advance=1, status=(f"loss {train_loss:.3f} · val loss {val_loss:.3f} · val IoU {val_iou:.3f} · best {best['val_iou']:.3f} "
+                                                f"@ {best['epoch']}"))
             if stale >= opts.patience:
                 bar.update(task, total=epoch + 1)
                 break
