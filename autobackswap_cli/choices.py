@@ -1,7 +1,7 @@
 """Every option that takes one of a fixed set of values, as an Enum: the CLI shows and checks them (Typer), the
 library takes them or their plain string values, and the run record holds the values. A registry that owns its
 names is the source of its Enum: inpainting methods (``inpaint.BACKENDS``), backbones
-(``segmenter/backbones.py``), output encodings (``images.IMAGE_FORMATS``).
+(``segmenter/backbones.py``), edge refinements (``segmenter/refine.py``), output encodings (``images.IMAGE_FORMATS``).
 
 ``RANGES``: the lowest and highest value of every numeric option, declared once, for the command line (Typer's
 min/max) and for what a ``run --config`` file gives (``pipeline.CONFIG_RANGES``)."""
@@ -16,6 +16,7 @@ from .compose.pool import BG_RULES
 from .images import encode_format_names
 from .inpaint import BACKENDS
 from .segmenter.backbones import BACKBONE_INFO
+from .segmenter.refine import REFINERS
 
 
 class Choice(str, Enum):
@@ -46,11 +47,7 @@ def choice_help(enum: type[Choice], lead: str = "") -> str:
 
 
 Precision = choice("Precision", {"auto": "fp16 on CUDA, else fp32", "fp32": "", "fp16": "", "bf16": ""})
-Refine = choice("Refine", {
-    "none": "the plain upsampling",
-    "guided": "a guided filter, fast; blurs a pixel model's outline",
-    "grabcut": "the default: seeded by the model's sure and unsure bands; sharpest, ~60-100 ms of CPU per 384-px image",
-})
+Refine = choice("Refine", {name: refiner.help for name, refiner in REFINERS.items()})
 InpaintMethod = choice("InpaintMethod", {name: backend.help for name, backend in BACKENDS.items()})
 Backbone = choice("Backbone", {name: info.description for name, info in BACKBONE_INFO.items()})
 OutputFormat = choice("OutputFormat", {"same": "as the input", **{name: "" for name in encode_format_names()}})

@@ -20,7 +20,7 @@ from ..images import (ImageItem, mirror_path, overlay_mask, preview_grid, read_i
                       write_mask_atomic)
 from ..mask_quality import CONFIDENCE_NOTE, DEFAULT_MIN_CONFIDENCE, QUALITY_FILE, format_confidence, parse_confidence, update_mask_quality
 from .confidence import mask_confidence
-from .refine import REFINE_METHODS, guided_filter, refine_mask, refined_mask, upsample_probabilities
+from .refine import REFINE_METHODS, guided_filter, refine_guide, refine_mask, refined_mask, upsample_probabilities
 
 __all__ = ["REFINE_METHODS", "SECOND_LOOK_BELOW", "PatchPredictor", "SegmentOptions", "SegmentStep", "guided_filter", "mask_iou",
            "mask_iou_report", "refine_mask", "refined_mask", "upsample_probabilities", "write_mask_preview"]
@@ -232,12 +232,7 @@ class SegmentStep(Step):
     def prepare(self, item: ImageItem) -> tuple[np.ndarray, tuple[tuple[int, int], np.ndarray | None]]:
         """Worker: the model's input and, for refining, the full-size guide (luma or RGB)."""
         image = read_image(item.path)
-        guide = None  # --refine none
-        if self.options.refine == "guided":
-            guide = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        elif self.options.refine == "grabcut":
-            guide = image
-        return self.predictor.model_inputs(image), (image.shape[:2], guide)
+        return self.predictor.model_inputs(image), (image.shape[:2], refine_guide(image, self.options.refine))
 
     def compute(self, batch: list[tuple[tuple[np.ndarray, np.ndarray | None], Any]]) -> list[tuple[np.ndarray, Any]]:
         """Main process: foreground probabilities for a batch; what ``prepare`` passed along goes on to ``write``."""
@@ -250,7 +245,7 @@ class SegmentStep(Step):
         model looked at the image again, and the confidence."""
         probs, (((h, w), guide), looked_again, saliency) = result
         coarse = soft = upsample_probabilities(probs, h, w)
-        if guide is not None:
+        if self.options.refine != "none":
             soft = refine_mask(guide, coarse, self.options.refine, cell=max(h, w) / self.predictor.grid)
         confidence = float(format_confidence(mask_confidence(probs, coarse, soft, looked_again, saliency)))
         if not self.options.write_masks:
