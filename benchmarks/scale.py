@@ -81,8 +81,8 @@ def child(mode: str, data: Path, listing: Path, out: Path) -> None:
     t_finish = None
     if step_name == "compose" and "half-done" in mode:
         t2 = time.perf_counter()
-        step._earlier_rows_from_journal(mine)
-        step.spool.discard()
+        step.writer._earlier_rows_from_journal(mine)
+        step.writer.spool.discard()
         t_finish = time.perf_counter() - t2
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"mode": mode, "items": len(items), "todo": len(todo), "scan_s": t_scan, "plan_s": t_plan, "finish_s": t_finish, "rss_mb": rss_mb}))
@@ -125,9 +125,9 @@ def half_finished(out: Path, data: Path, listing: Path, step_name: str) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
         if step_name == "compose":
-            step.journal.add(item.key, [step._row(item, plan) for plan in step.plan(item)], step.spool.fields)
+            step.writer.journal.add(item.key, [step._row(item, plan) for plan in step.plan(item)], step.writer.spool.fields)
     if step_name == "compose":
-        step.journal.close()
+        step.writer.journal.close()
     done.write_text("")
     return out
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from autobackswap_cli.compose import BackSwapDataset, ComposeOptions, Placement, fit_background, foreground_alpha, placement_matrix
-from autobackswap_cli.compose.step import MANIFEST_FIELDS
+from autobackswap_cli.compose.layouts import MANIFEST_FIELDS
 from autobackswap_cli.images import TEMP_PREFIX, read_image, read_mask
 from autobackswap_cli.manifest import Journal
 from autobackswap_cli.sample_data import SampleSpec, generate

@@ -17,14 +17,14 @@ Every name this package had as one module is still importable from it.
 from .core import (BG_RULES, DEFAULT_FEATHER, Compositor, Placement, blend, fit_background, foreground_alpha, item_rng, key_digest,
                    place_foreground, placement_matrix, sample_placement)
 from .dataset import BackSwapDataset
-from .layouts import OUTPUT_LAYOUTS, ImageFiles, TarShards
+from .layouts import MANIFEST_FIELDS, OUTPUT_LAYOUTS, ImageFiles, TarShards, WriterContext
 from .options import BG_MODES, VARIANTS, ComposeOptions
 from .pool import BackgroundPool, candidate_classes
-from .step import MANIFEST_FIELDS, Composite, ComposeStep, TarComposeStep, compose_step
+from .step import Composite, ComposeStep, TarComposeStep, compose_step
 
 __all__ = [
     "BG_MODES", "BG_RULES", "DEFAULT_FEATHER", "MANIFEST_FIELDS", "OUTPUT_LAYOUTS", "VARIANTS", "BackSwapDataset", "BackgroundPool",
     "Composite", "ComposeOptions", "ComposeStep", "Compositor", "ImageFiles", "Placement", "TarComposeStep", "TarShards", "blend",
     "candidate_classes", "compose_step", "fit_background", "foreground_alpha", "item_rng", "key_digest", "place_foreground",
-    "placement_matrix", "sample_placement",
+    "placement_matrix", "sample_placement", "WriterContext",
 ]

@@ -2,8 +2,8 @@
 
 For every foreground image, ``per_image`` composites are planned as ``OUT/<class>/<name>__<bg-class>__<bg-name>.<ext>``
 (planning is pure: the same item always gets the same composites) and made through the compose core. How they are
-written is the output layout's (``layouts.OUTPUT_LAYOUTS``); the image-files layout keeps ``manifest.csv`` (a row per
-composite, streamed to disk and sorted at the end) and a journal of finished items, here. An image whose tight mask
+written is the output layout's (``layouts.OUTPUT_LAYOUTS``): the layout's writer owns its files (the image-files
+writer ``manifest.csv`` and the journal of finished items, the tar writer its shards and index). An image whose tight mask
 holds no foreground is left out (``NoForeground``: counted and listed in the run record, not a failure), and so is
 an image whose mask's confidence is below ``--min-confidence`` (``LowConfidence``; its background stays out of the
 pool too).
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
@@ -21,14 +20,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..engine import RunReport, Step, active_layout, console
-from ..images import FolderListing, ImageError, ImageItem, read_image
-from ..manifest import Journal, ManifestSpool
+from ..images import ImageError, ImageItem, read_image
 from .core import Compositor, Placement, item_rng, key_digest, placement_matrix, sample_placement
-from .layouts import OUTPUT_LAYOUTS
+from .layouts import OUTPUT_LAYOUTS, WriterContext
 from .options import ComposeOptions
 
-MANIFEST_FIELDS = ["output", "foreground", "background", "foreground_class", "background_class", "scale", "angle", "shift_x", "shift_y", "seed",
-                   "foreground_group", "background_group"]
 
 
 @dataclass
@@ -55,14 +51,9 @@ class ComposeStep(Step):
         self.options = options
         self.preview = preview
         self.preview_count = preview_count
-        self.spool = ManifestSpool(self.out_dir, MANIFEST_FIELDS)  # this run's rows, on disk
-        self.collected: set[str] = set()  # keys of items whose rows this run already has
-        self.manifest_count = 0
         self.layout = active_layout().recorded()  # the class rule names the output folders: part of the plan
-        self.journal: Journal | None = None  # finished items, for a fast resume (opened by plan_items)
-        self.earlier: set[str] | None = None  # keys an earlier run finished, by the journal; None: no journal
-        self._mine: dict[str, ImageItem] = {}  # this shard's items by key, for checking the journal's lines
-        self.writer = OUTPUT_LAYOUTS[self.output_layout or options.layout][0](self)
+        context = WriterContext(self.out_dir, options, self.fingerprint(), self.plan, self.manifest_rows, preview, preview_count)
+        self.writer = OUTPUT_LAYOUTS[self.output_layout or options.layout][0](context)
 
     def fingerprint(self) -> str:
         """What names and places the composites (options, the backgrounds pool, the class rule): a journal is
@@ -98,8 +89,7 @@ class ComposeStep(Step):
         self.writer.finish(report, items)
 
     def recorded_results(self) -> dict:
-        ignored = self.journal.ignored if self.journal is not None else 0
-        return {**self.writer.recorded_results(), "backgrounds_left_out_low_confidence": self.core.pool.left_out, "journal_lines_ignored": ignored}
+        return {**self.writer.recorded_results(), "backgrounds_left_out_low_confidence": self.core.pool.left_out}
 
     # ----------------------------------------------------------------- planning and making
 
@@ -189,80 +179,6 @@ class ComposeStep(Step):
             "min_confidence": self.core.min_confidence, "min_confidence_from": self.core.min_confidence_source, "scale": list(o.scale), "rotate": o.rotate,
             "translate": o.translate, "include_originals": o.include_originals, "format": o.out_format, "quality": o.quality, "seed": o.seed,
         }
-
-    # ----------------------------------------------------------------- the manifest and the journal
-
-    def open_journal(self, shard, mine: Sequence[ImageItem]) -> None:
-        """Open this shard's journal and read which of ``mine`` earlier runs finished. The journal is data, not a
-        command: a line counts only where it names one of ``mine`` and the outputs that item would have, inside
-        OUT, all on disk (``_fits``); other lines are ignored (the item is made again) and counted."""
-        self.journal = Journal(self.out_dir, MANIFEST_FIELDS, self.fingerprint(), shard.file_suffix)
-        self._mine = {item.key: item for item in mine}
-        self.earlier = self.journal.finished(self.out_dir, FolderListing(), self._fits) if self.journal.path.exists() else None
-        if self.journal.ignored:
-            console.print(f"[yellow]note:[/] {self.journal.ignored} line(s) of the journal {self.journal.path.name} name outputs "
-                          f"their image would not have, or images not in this run: ignored (those images are made again)")
-
-    def _fits(self, key: str, rows: list[list[str]]) -> bool:
-        """Whether a journal line's rows are what the item ``key`` of this run would have: as many composites as
-        planned, each under OUT/<its class>/<its name>__..., from that very image."""
-        item = self._mine.get(key)
-        expected = 1 if self.options.variant != "swap" else self.options.per_image
-        if item is None or len(rows) != expected:
-            return False
-        prefix, source = f"{item.class_rel.parent / item.rel.stem}__", str(item.rel)
-        for row in rows:
-            output = PurePosixPath(row[0])
-            if not row[0].startswith(prefix) or output.is_absolute() or ".." in output.parts or row[1] != source:
-                return False
-        return True
-
-    def record_rows(self, item: ImageItem, rows: list[dict]) -> None:
-        """Main process: a finished item's manifest rows, to the spool and the journal."""
-        self.spool.add(rows)
-        if self.journal is None:
-            self.journal = Journal(self.out_dir, MANIFEST_FIELDS, self.fingerprint())
-        self.journal.add(item.key, rows, MANIFEST_FIELDS)
-        self.collected.add(item.key)
-
-    def write_manifest(self, report: RunReport, items: Sequence[ImageItem]) -> Path:
-        """Write the manifest for every composite of this shard on disk (this run's and earlier runs'); its path."""
-        if self.earlier is not None:
-            self._earlier_rows_from_journal(items)
-        else:
-            self._earlier_rows_from_plans(items)
-        if self.journal is not None:
-            self.journal.close()
-        manifest = self.out_dir / f"manifest{report.shard.file_suffix}.csv"
-        self.manifest_count = self.spool.write_sorted(manifest)
-        return manifest
-
-    def _earlier_rows_from_journal(self, items: Sequence[ImageItem]) -> None:
-        """The manifest rows of the items earlier runs finished, as their journal lines hold them."""
-        wanted = self.earlier - self.collected
-        if not wanted:
-            return
-        wanted &= {item.key for item in items}
-        for number, key, rows in self.journal.lines():
-            if number > self.journal.lines_before:
-                break
-            if key in wanted and self._fits(key, rows):
-                wanted.discard(key)
-                self.spool.add_raw(rows)
-
-    def _earlier_rows_from_plans(self, items: Sequence[ImageItem]) -> None:
-        """No journal (a folder from before journals, or other options): plan each item not composed in this run
-        and take the rows of those whose composites are all on disk (and journal them for the next run)."""
-        for item in items:
-            if item.key in self.collected:  # composed in this run
-                continue
-            try:
-                plans = self.plan(item)
-                if all(os.path.exists(self.out_dir / p.output) for p in plans):  # finished by an earlier run (a name too long: not)
-                    self.record_rows(item, self.manifest_rows(item, plans))
-            except ImageError:
-                continue
-
 
 class TarComposeStep(ComposeStep):
     """``compose --output-layout webdataset``, by its class: a compose step whose layout is always tar shards."""
