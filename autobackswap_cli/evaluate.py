@@ -304,7 +304,7 @@ def print_report(evaluation: Evaluation) -> None:
         console.print(per_group)
     if evaluation.failures or evaluation.no_foreground:
         print_summary(RunReport(step="evaluate", out_dir=report["test"], total=report["images"]["total"], done=report["images"]["evaluated"],
-                                failures=evaluation.failures, no_foreground=evaluation.no_foreground, wall_time_s=evaluation.wall_time_s))
+                                failures=evaluation.failures, left_out={"no_foreground": list(evaluation.no_foreground)}, wall_time_s=evaluation.wall_time_s))
 
 
 def _worst(model: dict) -> str:
