@@ -237,7 +237,8 @@ def run_variant(variant: str, work: Path, seeds: list[int], labels: int, conditi
                     if not (composites[name][seed] / "autobackswap.json").exists():
                         cli("compose", data / "train", ours / "masks", ours / "backgrounds", "-o", composites[name][seed], "--per-image", PER_IMAGE,
                             "--seed", seed, *options)
-                out[name] = {"failed": run_record(composites[name][seeds[0]])["counts"]["failed"]}
+                out[name] = quality(data, ours / "masks", ours / "backgrounds", composites[name][seeds[0]], ours / "backgrounds", labelled)
+                out[name].pop("confidence", None)
     if "ceiling" in conditions:
         for seed in seeds:
             composites["ceiling"][seed] = work / f"ceiling/composites-{seed}"

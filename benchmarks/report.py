@@ -67,6 +67,46 @@ def section(name: str, result: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+README_START, README_END = "<!-- results: benchmarks/report.py -->", "<!-- end of results -->"
+HEADLINE_CONDITIONS = {"ours": "ours (defaults)", "unfiltered": "ours, nothing left out", "plain-paste": "ours, pasted plainly",
+                       "u2netp": "u2netp, no labels", "ceiling": "true masks (ceiling)"}
+
+
+def headline(result: dict) -> str:
+    """The README's one results table: the held-out-object variants of real_photos.json, ours beside the peer and the
+    ceiling (mask IoU, ring, worst-group and mean accuracy of the judge), and how well the confidence finds failures."""
+    lines = ["| variant | composites from | mask IoU | ring | worst group | mean acc. |", "|---|---|---:|---:|---:|---:|"]
+    notes = []
+    for variant, r in result["variants"].items():
+        if variant not in ("instances", "instances-distractors"):
+            continue
+        for name, label in HEADLINE_CONDITIONS.items():
+            c = r["conditions"].get(name)
+            if c is None:
+                continue
+            num = lambda v: "–" if v is None else f"{(sum(v) / len(v) if isinstance(v, list) else v):.2f}"  # noqa: E731
+            lines.append(f"| {variant} | {label} | {num(c.get('iou'))} | {num(c.get('halo'))} | {num(c.get('worst_group'))} | "
+                         f"{num(c.get('mean_acc'))} |")
+        confidence = r["conditions"].get("ours", {}).get("confidence")
+        if confidence:
+            notes.append(f"{variant}: the confidence tells failed masks (IoU < 0.5) from the rest with AUROC {confidence['auroc']:.2f}; "
+                         f"compose's threshold leaves out {confidence['left_out_share']:.1%} of the images, holding "
+                         f"{confidence['failed_caught']} of the {confidence['failed']} failed masks")
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
+def update_readme() -> bool:
+    """Put ``headline`` of benchmarks/results/real_photos.json between the README's markers; whether it changed."""
+    readme, path = HERE.parent / "README.md", RESULTS / "real_photos.json"
+    text = readme.read_text()
+    if not path.is_file() or README_START not in text:
+        return False
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    new = text[:start] + "\n" + headline(json.loads(path.read_text())) + "\n" + text[end:]
+    readme.write_text(new)
+    return new != text
+
+
 def render() -> str:
     """benchmarks/README.md's text, from the results there are."""
     parts = ["# Benchmark results", "",
@@ -85,7 +125,7 @@ def render() -> str:
 
 def main() -> None:
     (HERE / "README.md").write_text(render())
-    print(f"wrote {HERE / 'README.md'}")
+    print(f"wrote {HERE / 'README.md'}" + (" and the results table of README.md" if update_readme() else ""))
 
 
 if __name__ == "__main__":
