@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import (StepError, active_layout, build_record, check_outputs, console, make_progress, model_record_path, read_items,
-                     record_interrupted_training, resolve_device, scan_dataset, status_of, write_run_record)
+from .engine import (Dataset, StepError, as_dataset, build_record, check_outputs, console, make_progress, model_record_path, read_items,
+                     record_interrupted_training, resolve_device, status_of, write_run_record)
 from .images import read_image
 from .descriptions import check_classifier
 from .model_files import (SAFETENSORS, TORCH_ZIP, check_finite, check_shapes, deprecated, file_kind, is_torchscript, read_header, read_state_dict,
@@ -211,12 +211,13 @@ def _torchvision_model(arch: str, weights: Path, num_classes: int | None) -> nn.
 # --------------------------------------------------------------------------- training
 
 
-def _read_dataset(data_dir: Path, size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, list[str], list[dict]]:
+def _read_dataset(dataset: Dataset, size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, list[str], list[dict]]:
     """Every readable image of DATA resized to size x size, its class index, the classes, and the unreadable files.
-    Classes come from the active data layout (``--class-level`` / ``--metadata``; default: the first folder)."""
+    Classes come from the dataset's layout (``--class-level`` / ``--metadata``; default: the first folder)."""
+    data_dir = dataset.root
     if not data_dir.is_dir():
         raise StepError(f"input folder not found: {data_dir}")
-    scan, notes = scan_dataset(data_dir)
+    scan, notes = dataset.scan()
     for note in notes:
         console.print(f"[yellow]warning:[/] {note}")
     if len(scan.classes) < 2:
@@ -276,16 +277,17 @@ def _fit(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, optimiser, 
             bar.update(task, advance=1, status=f"loss {total / len(x_all):.3f} · train acc (augmented) {correct / len(x_all):.3f}")
 
 
-def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, progress: bool = True) -> TrainedClassifier:
-    """Train the small CNN on DATA and write it to ``out_path`` as safetensors with its description (plus
-    ``out_path.json``, the run record)."""
+def train_classifier(dataset: Dataset | Path, out_path: Path, opts: ClassifierOptions, progress: bool = True) -> TrainedClassifier:
+    """Train the small CNN on DATA (a folder, or a ``Dataset`` with its class rule) and write it to ``out_path`` as
+    safetensors with its description (plus ``out_path.json``, the run record)."""
     t0 = time.perf_counter()
-    metadata = active_layout().metadata
+    dataset = as_dataset(dataset)
+    data_dir, metadata = dataset.root, dataset.layout.metadata
     check_outputs([Path(metadata) if metadata else None], files=[("-o", Path(out_path))], data_dir=Path(data_dir))
     device = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
     gen = torch.Generator().manual_seed(opts.seed)
-    x_all, y_all, classes, failures = _read_dataset(Path(data_dir), opts.image_size, progress)
+    x_all, y_all, classes, failures = _read_dataset(dataset, opts.image_size, progress)
 
     model = build_small_cnn(len(classes), opts.width).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -296,11 +298,11 @@ def train_classifier(data_dir: Path, out_path: Path, opts: ClassifierOptions, pr
         _fit(model, x_all, y_all, optimiser, scheduler, opts, gen, device, progress)
     except KeyboardInterrupt as exc:
         raise record_interrupted_training(
-            out_path, "train-classifier", exc, options=asdict(opts),
+            out_path, "train-classifier", exc, options={**asdict(opts), "layout": dataset.layout.recorded()},
             counts={"images": len(x_all), "failed": len(failures)}, wall_time_s=time.perf_counter() - t0, failures=failures) from None
 
     train_accuracy = _accuracy(model, x_all, y_all, device, 128)
-    options = {**asdict(opts), "device_used": str(device)}
+    options = {**asdict(opts), "device_used": str(device), "layout": dataset.layout.recorded()}
     meta = {"format": MODEL_FORMAT, "format_version": 2, "arch": "small-cnn", "width": opts.width, "classes": classes, "image_size": opts.image_size,
             "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
             "data": str(data_dir), "options": options, "train_accuracy": round(train_accuracy, 5)}

@@ -13,7 +13,6 @@ be written), 130 interrupted by Ctrl-C, 143 by SIGTERM (128 + the signal).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import inspect
@@ -28,8 +27,8 @@ import typer
 from . import __version__
 from .choices import (Backbone, BackgroundsFrom, Executor, InpaintMethod, OutputFormat, OutputLayout, Pick, Precision, PreviewOrder, Refine, choice_help,
                       value_range)
-from .engine import (CommonOptions, DatasetLayout, FailFast, StepError, as_interrupted, console, print_summary,
-                     resolve_shard, stop_on_signals, using_layout)
+from .engine import (CommonOptions, Dataset, DatasetLayout, FailFast, StepError, as_interrupted, console, print_summary,
+                     resolve_shard, stop_on_signals)
 from .engine.progress import log_json_to
 from .images import encode_format_help
 from .parsing import plain
@@ -107,7 +106,7 @@ _MODEL_STEP = ("device", "precision", "batch_size", *_ENGINE)
 _TRAINER = ("device", "seed", "batch_size", "progress")
 
 LAYOUT_PANEL = "Where the class comes from (DATA not an ImageFolder)"
-# field of engine.DatasetLayout -> its option: added to every command that reads DATA, made active while it runs
+# field of engine.DatasetLayout -> its option: added to every command that reads DATA, handed to it as data_layout
 _LAYOUT: dict[str, _Declared] = {name: _Declared(kind, typer.Option(flag, rich_help_panel=LAYOUT_PANEL, help=text, **extra)) for name, kind, flag, text,
                                  extra in (
     ("class_level", int, "--class-level", ("The K-th folder under DATA names the class (1: DATA/<class>/...; Spawrious with DATA = m2m: 3, "
@@ -164,11 +163,9 @@ def _field_default(cls: type, name: str) -> Any:
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
-def _add_options(fn, table: dict[str, _Declared], names: Sequence[str], build: type, param: str, defaults: dict | None = None,
-                 active: Optional[Callable] = None):
+def _add_options(fn, table: dict[str, _Declared], names: Sequence[str], build: type, param: str, defaults: dict | None = None):
     """Give command ``fn`` the options ``names`` of ``table`` (``defaults`` overrides their defaults, also of those
-    it does not take) and hand it the ``build`` object they make as its parameter ``param`` (inside ``active(it)``
-    when given)."""
+    it does not take) and hand it the ``build`` object they make as its parameter ``param``."""
     signature = inspect.signature(fn, eval_str=True)
     params = {field: d.param or field for field, d in table.items()}
     default = {field: (d.default if d.default is not _FROM_CLASS else _field_default(build, field)) for field, d in table.items()}
@@ -181,8 +178,7 @@ def _add_options(fn, table: dict[str, _Declared], names: Sequence[str], build: t
     def wrapper(*args, **kwargs):
         values = {f: kwargs.pop(params[f]) if f in names else default[f] for f in table}
         made = build(**{f: (table[f].convert or plain)(value) for f, value in values.items()})
-        with active(made) if active else contextlib.nullcontext():
-            return fn(*args, **{param: made}, **kwargs)
+        return fn(*args, **{param: made}, **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=kept + added)
     wrapper.__annotations__ = {p.name: p.annotation for p in kept + added}
@@ -268,16 +264,22 @@ def _handles_errors(fn):
 def _command(name: str, shared: Sequence[str] = (), layout: bool = True, **defaults):
     """Register command ``name``: the shared options ``shared`` (fields of ``_SHARED``; ``defaults`` sets their
     defaults for this command) handed to it as ``common``, the layout options (``layout``) as ``data_layout``,
-    active while it runs, old option spellings kept, library errors turned into exit codes."""
+    old option spellings kept, library errors turned into exit codes."""
 
     def register(fn):
         if shared:
             fn = _add_options(fn, _SHARED, shared, CommonOptions, "common", defaults)
         if layout:
-            fn = _add_options(fn, _LAYOUT, tuple(_LAYOUT), DatasetLayout, "data_layout", active=using_layout)
+            fn = _add_options(fn, _LAYOUT, tuple(_LAYOUT), DatasetLayout, "data_layout")
         return app.command(name)(_handles_errors(_old_spellings(fn)))
 
     return register
+
+
+def _dataset(data: Path, layout: DatasetLayout, common: CommonOptions | None) -> Dataset:
+    """DATA as the command line describes it: its folder, its class rule (``--class-level`` / ``--metadata``) and
+    the list of its images (``--files-from``) where the command takes one."""
+    return Dataset(data, layout, common.files_from if common is not None else None)
 
 
 def _finish(report) -> None:
@@ -364,7 +366,7 @@ def label_cmd(
 
     request = LabelRequest(from_masks=from_masks, from_csv=from_csv, from_coco=from_coco, count=count, grid=grid, threshold=threshold,
                            export_csv=export_csv, segmenter=segmenter, pick=pick.value, host=host, port=port, open_browser=not no_browser)
-    report = make_labels(data, out, request, common)
+    report = make_labels(_dataset(data, data_layout, common), out, request, common)
     if report is not None:
         _finish(report)
 
@@ -398,7 +400,7 @@ def train_segmenter_cmd(
 
     opts = common.into(TrainOptions, backbone=backbone.value, pretrained=pretrained, weights=str(weights) if weights else None, image_size=image_size,
                        epochs=epochs, lr=lr, val_fraction=val_fraction, patience=patience, vflip=vflip)
-    result = train_segmenter(data, labels, out, opts, progress=common.progress)
+    result = train_segmenter(_dataset(data, data_layout, common), labels, out, opts, progress=common.progress)
     m = result.metrics
     iou = f"{m['val_patch_iou']:.3f}" if m["val_patch_iou"] is not None else "n/a"
     console.print(
@@ -433,7 +435,7 @@ def segment_cmd(
     from .segmenter.predict import SegmentOptions, SegmentStep
 
     options = common.into(SegmentOptions, gpus=gpus, refine=refine.value, truth=str(truth) if truth else None, preview_order=preview_order.value)
-    _finish(run_on_folder(data, out, lambda: SegmentStep(segmenter, out, options), common, other_inputs=[truth, segmenter]))
+    _finish(run_on_folder(_dataset(data, data_layout, common), out, lambda: SegmentStep(segmenter, out, options), common, other_inputs=[truth, segmenter]))
 
 
 # ----------------------------------------------------------------- inpaint
@@ -468,7 +470,8 @@ def inpaint_cmd(
 
     options = inpaint_options(common, method=method.value, model=model, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                               guidance=guidance, resolution=resolution, radius=radius, texture=texture)
-    _finish(inpaint_folder(data, masks, out, options, FillRegion(loose=loose, dilate=dilate), common, out_format=out_format.value, quality=quality))
+    region = FillRegion(loose=loose, dilate=dilate)
+    _finish(inpaint_folder(_dataset(data, data_layout, common), masks, out, options, region, common, out_format=out_format.value, quality=quality))
 
 
 # ----------------------------------------------------------------- compose
@@ -514,8 +517,8 @@ def compose_cmd(
         rotate=rotate, translate=translate, fill=tuple(int(v) for v in floats(fill, "--fill", 3)), include_originals=include_originals,
         out_format=out_format.value, quality=quality, layout=layout.value, shard_size=shard_size,
     )
-    step = functools.partial(compose_step, masks, backgrounds, out, options, preview=common.preview)
-    _finish(run_on_folder(data, out, step, common, other_inputs=[masks, backgrounds]))
+    step = functools.partial(compose_step, masks, backgrounds, out, options, preview=common.preview, layout=data_layout)
+    _finish(run_on_folder(_dataset(data, data_layout, common), out, step, common, other_inputs=[masks, backgrounds]))
 
 
 # ----------------------------------------------------------------- train-classifier
@@ -537,7 +540,8 @@ def train_classifier_cmd(
     """Train a small CNN classifier (minutes on a CPU) to check what a dataset teaches; writes one safetensors file."""
     from .classifier import ClassifierOptions, train_classifier
 
-    result = train_classifier(data, out, common.into(ClassifierOptions, epochs=epochs, image_size=image_size, lr=lr), progress=common.progress)
+    options = common.into(ClassifierOptions, epochs=epochs, image_size=image_size, lr=lr)
+    result = train_classifier(_dataset(data, data_layout, common), out, options, progress=common.progress)
     console.print(
         f"[green]classifier[/]: {result.images} images of {len(result.classes)} classes ({', '.join(result.classes)}), "
         f"final train accuracy {result.train_accuracy:.3f} -> {out}"
@@ -583,7 +587,7 @@ def evaluate_cmd(
     sources += [ModelSource(arch=arch, weights=weights)] if arch or weights else []
     options = common.into(EvaluateOptions, masks=masks, backgrounds=backgrounds, mix_from=mix_from, groups=groups, image_size=image_size,
                           json_path=json_out, chart=chart)
-    evaluation = evaluate(test, sources, options, progress=common.progress)
+    evaluation = evaluate(_dataset(test, data_layout, common), sources, options, progress=common.progress)
     print_report(evaluation)
     if evaluation.failures:
         raise typer.Exit(1)

@@ -39,7 +39,7 @@ from rich.table import Table
 
 from .classifier import Classifier, load_classifier
 from .compose.core import Compositor, item_rng
-from .engine import RunReport, StepError, active_layout, console, prepare_items, print_summary, read_items
+from .engine import Dataset, DatasetLayout, RunReport, StepError, as_dataset, console, prepare_items, print_summary, read_items
 from .images import ImageItem, preview_grid, read_image, spread_sample, write_bytes_atomic, write_image_atomic
 
 VARIANTS = ("original", "only-fg", "only-bg", "mixed-same", "mixed-rand", "mixed-next")
@@ -91,9 +91,9 @@ class VariantMaker:
     """Builds the six variants of a test image from its mask, its own background and a pool to mix from, through
     compose's core (the same cut-out and blend as ``compose``)."""
 
-    def __init__(self, masks: Path, backgrounds: Path, mix_from: Path | None, seed: int):
-        self.own = Compositor(masks, backgrounds)
-        self.mix = Compositor(masks, mix_from) if mix_from else self.own
+    def __init__(self, masks: Path, backgrounds: Path, mix_from: Path | None, seed: int, layout: DatasetLayout | None = None):
+        self.own = Compositor(masks, backgrounds, layout=layout)
+        self.mix = Compositor(masks, mix_from, layout=layout) if mix_from else self.own
         self.seed = seed
 
     def __call__(self, item: ImageItem) -> dict[str, np.ndarray]:
@@ -125,13 +125,12 @@ def read_groups(csv_path: Path, items: Sequence[ImageItem]) -> dict[str, str]:
     return groups
 
 
-def _groups(options: EvaluateOptions, items: Sequence[ImageItem]) -> tuple[dict[str, str] | None, str | None]:
+def _groups(options: EvaluateOptions, items: Sequence[ImageItem], layout: DatasetLayout) -> tuple[dict[str, str] | None, str | None]:
     """Each test image's group, and where the groups came from: the ``--groups`` CSV, else the metadata table's
     group column (``--metadata``: Waterbirds' place), else none."""
     if options.groups:
         return read_groups(options.groups, items), f"csv {options.groups}"
     if any(it.group is not None for it in items):
-        layout = active_layout()
         return {it.key: it.group for it in items if it.group is not None}, f"metadata {Path(layout.metadata).name if layout.metadata else ''}".strip()
     return None, None
 
@@ -139,21 +138,23 @@ def _groups(options: EvaluateOptions, items: Sequence[ImageItem]) -> tuple[dict[
 # --------------------------------------------------------------------------- scoring
 
 
-def _test_items(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOptions) -> list[ImageItem]:
+def _test_items(test: Dataset, sources: Sequence[ModelSource], options: EvaluateOptions) -> list[ImageItem]:
     """TEST's items, once no output (``--json``, ``--chart``, ``--preview``) is or lies inside what is read."""
     read = [options.masks, options.backgrounds, options.mix_from, options.groups, *(p for s in sources for p in (s.path, s.weights))]
     written = [("--json", options.json_path), ("--chart", options.chart), ("--preview", options.preview)]
-    return prepare_items(test_dir, other_inputs=read, output_files=written)[0]
+    return prepare_items(test, other_inputs=read, output_files=written)[0]
 
 
-def evaluate(test_dir: Path, sources: Sequence[ModelSource], options: EvaluateOptions, progress: bool = True) -> Evaluation:
+def evaluate(test: Dataset | Path, sources: Sequence[ModelSource], options: EvaluateOptions, progress: bool = True) -> Evaluation:
     """Score every model on every variant of TEST; see the module docstring."""
     t0 = time.perf_counter()
     if not sources:
         raise StepError("give at least one model: --model FILE, or --arch NAME --weights FILE")
-    items = _test_items(Path(test_dir), sources, options)
-    make_variants = VariantMaker(options.masks, options.backgrounds, options.mix_from, options.seed)
-    groups, groups_from = _groups(options, items)
+    test = as_dataset(test)
+    test_dir = test.root
+    items = _test_items(test, sources, options)
+    make_variants = VariantMaker(options.masks, options.backgrounds, options.mix_from, options.seed, test.layout)
+    groups, groups_from = _groups(options, items, test.layout)
     classes = sorted({it.cls for it in items})
     models = [load_classifier(s.path, s.arch, s.weights, len(classes), options.image_size, options.device, s.torchscript) for s in sources]
     _name_uniquely(models)

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .engine import Step, StepError, active_layout, console, metadata_table, run_step
+from .engine import Dataset, Step, StepError, console, metadata_table, run_step
 from .engine.tables import table_rows
 from .images import IMAGE_EXTENSIONS, ImageError, ImageItem, image_size, write_bytes_atomic
 from .label_format import (BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, grid_from_mask, grid_from_string, grid_to_string,
@@ -284,21 +284,20 @@ class LabelImportStep(Step):
         return {"method": self.source.method, "source": self.source.source, "grid": self.source.grid, "threshold": self.source.threshold}
 
 
-def _id_table(data_dir: Path):
-    """The active metadata table (``--metadata``) when it has an image id column, else None."""
-    layout = active_layout()
-    if layout.metadata is None:
+def _id_table(data: Dataset):
+    """DATA's metadata table (``--metadata``) when it has an image id column, else None."""
+    if data.layout.metadata is None:
         return None
-    table = metadata_table(layout, Path(data_dir), ids=True)
+    table = metadata_table(data.layout, data.root, ids=True)
     return table if "id" in table.columns else None
 
 
-def reference_names(labels_dir: Path, data_dir: Path) -> Callable[[ImageItem], str]:
+def reference_names(labels_dir: Path, data: Dataset) -> Callable[[ImageItem], str]:
     """How an exported row names its image, as the reference implementation reads it back: the metadata's image
     id (Waterbirds; labels imported by id, or made here, with ``--metadata`` that has ids), a path with a leading
     '/' (labels imported from such rows: Spawrious), else the path under DATA."""
     form = read_labels_info(labels_dir).extra.get("csv_info")
-    table = _id_table(data_dir) if form in (None, "id") else None
+    table = _id_table(data) if form in (None, "id") else None
     if table is not None:
         return lambda item: table.paths.get(item.key, str(item.rel))
     if form == "/path":
@@ -339,14 +338,14 @@ class ImportRequest:
     choose: Callable[[Sequence[ImageItem]], set[str]] | None = None  # which available items to import (rel); None: ``count``
 
 
-def import_labels(data_dir: Path, out_dir: Path, items: Sequence[ImageItem], request: ImportRequest, options, warnings: Sequence[str] = ()):
+def import_labels(data: Dataset, out_dir: Path, items: Sequence[ImageItem], request: ImportRequest, options, warnings: Sequence[str] = ()):
     """Turn masks / a masks.csv / COCO into LABELS through the engine, then write labels.json; returns the run
     report. ``count`` picks that many labelled images, stratified over classes; ``choose`` (``--pick uncertain``)
     picks them instead, from the images the source labels."""
     if request.kind == "masks":
         source = source_from_masks(request.path, items, request.grid or DEFAULT_GRID, request.threshold)
     elif request.kind == "csv":
-        table = _id_table(data_dir)
+        table = _id_table(data)
         source = source_from_csv(request.path, items, request.grid, table.ids if table else None)
     else:
         source = source_from_coco(request.path, items, request.grid or DEFAULT_GRID, request.threshold)
@@ -361,11 +360,11 @@ def import_labels(data_dir: Path, out_dir: Path, items: Sequence[ImageItem], req
         keep = set(select_stratified(list(class_of), request.count, request.seed, class_of.get))
         targets = [it for it in targets if str(it.rel) in keep]
     if not targets:
-        raise StepError(f"{source.source} labels none of the images in {data_dir}")
+        raise StepError(f"{source.source} labels none of the images in {data.root}")
     existing = read_labels_info(out_dir) if (Path(out_dir) / LABELS_INFO).exists() else None
     if existing and existing.grid != source.grid:
         raise StepError(f"{out_dir} already holds {existing.grid}x{existing.grid} labels; this import makes {source.grid}x{source.grid} (use another folder)")
-    report = run_step(LabelImportStep(source, out_dir), targets, options, [*warnings, *source.warnings])
+    report = run_step(LabelImportStep(source, out_dir), targets, options, [*warnings, *source.warnings], layout=data.layout)
     labelled = sum(1 for it in items if label_path(out_dir, it).exists())
     write_labels_info(out_dir, LabelsInfo(grid=source.grid, source=source.source, method=source.method,
                                           threshold=source.threshold if source.method != "from-csv" else None, count=labelled,

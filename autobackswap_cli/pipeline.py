@@ -16,8 +16,8 @@ from typing import Any, Collection, Mapping
 
 from .compose import ComposeOptions, compose_step
 from .descriptions import check_options
-from .engine import (CommonOptions, DatasetLayout, RunReport, StepError, build_record, console, prepare_items, print_summary, record_path,
-                     run_step, status_of, using_layout, write_run_record)
+from .engine import (CommonOptions, Dataset, DatasetLayout, RunReport, StepError, build_record, console, prepare_items, print_summary, record_path,
+                     run_step, status_of, write_run_record)
 from .inpaint import InpaintOptions
 from .parsing import plain
 from .inpaint.step import FillRegion, InpaintStep
@@ -162,15 +162,10 @@ def run_pipeline(data: Path, labels: Path, work: Path, options: PipelineOptions)
     failure: segment writes its empty mask, inpaint keeps it as its own background, compose leaves it out and
     counts it (``no_foreground``), as it does an image whose mask is probably wrong (``low_confidence``); only
     failures make the exit code 1. Every step places images in classes by ``options.layout``."""
-    with using_layout(options.layout):
-        return _run_steps(data, labels, work, options)
-
-
-def _run_steps(data: Path, labels: Path, work: Path, options: PipelineOptions) -> list[RunReport]:
     t0 = time.perf_counter()
     paths = work_paths(work)
-    items, warnings = prepare_items(data, Path(work), other_inputs=[labels], files_from=options.run.files_from,
-                                    output_files=[("--preview", options.run.preview)])
+    dataset, layout = Dataset(Path(data), options.layout, options.run.files_from), options.layout
+    items, warnings = prepare_items(dataset, Path(work), other_inputs=[labels], output_files=[("--preview", options.run.preview)])
     Path(work).mkdir(parents=True, exist_ok=True)
     if options.run.shard.count > 1 and not paths["segmenter"].exists():
         raise StepError(
@@ -181,19 +176,19 @@ def _run_steps(data: Path, labels: Path, work: Path, options: PipelineOptions) -
         console.print(f"[bold]1/4 train-segmenter[/]: {paths['segmenter']} exists, kept (use --overwrite to retrain)")
     else:
         console.print("[bold]1/4 train-segmenter[/]")
-        result = train_segmenter(data, labels, paths["segmenter"], options.train, progress=options.run.progress)
+        result = train_segmenter(Dataset(Path(data), layout), labels, paths["segmenter"], options.train, progress=options.run.progress)
         console.print(f"segmenter: validation patch IoU {result.metrics['val_patch_iou']} (best epoch {result.metrics['best_epoch']})")
         console.print(thresholds_line(result.thresholds, options.segment.refine))
     reports = []
     console.print("[bold]2/4 segment[/]")
-    reports.append(run_step(SegmentStep(paths["segmenter"], paths["masks"], options.segment), items, options.run, warnings))
+    reports.append(run_step(SegmentStep(paths["segmenter"], paths["masks"], options.segment), items, options.run, warnings, layout))
     print_summary(reports[-1])
     console.print("[bold]3/4 inpaint[/]")
-    reports.append(run_step(InpaintStep(paths["masks"], paths["backgrounds"], options.inpaint, options.region), items, options.run, warnings))
+    reports.append(run_step(InpaintStep(paths["masks"], paths["backgrounds"], options.inpaint, options.region), items, options.run, warnings, layout))
     print_summary(reports[-1])
     console.print("[bold]4/4 compose[/]")
-    compose = compose_step(paths["masks"], paths["backgrounds"], paths["composites"], options.compose, preview=options.run.preview)
-    reports.append(run_step(compose, items, options.run, warnings))
+    compose = compose_step(paths["masks"], paths["backgrounds"], paths["composites"], options.compose, preview=options.run.preview, layout=layout)
+    reports.append(run_step(compose, items, options.run, warnings, layout))
     print_summary(reports[-1])
     failed = sum(r.failed for r in reports)
     counts = {r.step: {"done": r.done, "skipped": r.skipped, "failed": r.failed, "no_foreground": len(r.no_foreground),

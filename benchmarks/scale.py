@@ -49,7 +49,7 @@ def build_folder(root: Path, count: int, classes: int = 1000) -> None:
     done.write_text(str(count))
 
 
-def _step(name: str, data: Path, out: Path):
+def _step(name: str, data: Path, out: Path, layout=None):
     from autobackswap_cli.compose import ComposeOptions, ComposeStep
     from autobackswap_cli.segmenter.predict import SegmentStep
 
@@ -59,23 +59,23 @@ def _step(name: str, data: Path, out: Path):
         return step
     masks = out.parent / "scale_empty_masks"
     masks.mkdir(exist_ok=True)
-    return ComposeStep(masks, data, out, ComposeOptions(per_image=3))  # backgrounds: a 1M-image pool
+    return ComposeStep(masks, data, out, ComposeOptions(per_image=3), layout=layout)  # backgrounds: a 1M-image pool, DATA's class rule
 
 
 def child(mode: str, data: Path, listing: Path, out: Path) -> None:
     """One measurement in this (fresh) process; prints a JSON line. A mode ending in ``:metadata`` reads each
     item's class from the 1M-row table beside the list; compose's half-done mode also times the manifest rows of
     the finished half (from the journal)."""
-    from autobackswap_cli.engine import DatasetLayout, RunOptions, prepare_items
+    from autobackswap_cli.engine import Dataset, DatasetLayout, RunOptions, prepare_items
     from autobackswap_cli.engine.loop import RunReport, _plan
 
     step_name, source = mode.split(":")[:2]
     layout = DatasetLayout(metadata=str(metadata_table_for(listing))) if mode.endswith(":metadata") else None
     t0 = time.perf_counter()
-    items, _ = prepare_items(data, out, files_from=listing if source == "list" else None, layout=layout)
+    items, _ = prepare_items(Dataset(data, layout or DatasetLayout(), listing if source == "list" else None), out)
     t_scan = time.perf_counter() - t0
     t1 = time.perf_counter()
-    step = _step(step_name, data, out)  # compose: scanning BACKGROUNDS (1M images) for its pool counts too
+    step = _step(step_name, data, out, layout)  # compose: scanning BACKGROUNDS (1M images) for its pool counts too
     mine, todo = _plan(step, items, RunOptions(workers=0, progress=False), RunReport(step=step_name, out_dir=str(out)))
     t_plan = time.perf_counter() - t1
     t_finish = None
@@ -112,11 +112,11 @@ def half_finished(out: Path, data: Path, listing: Path, step_name: str) -> Path:
     done = out / ".bench-complete"
     if done.exists():
         return out
-    from autobackswap_cli.engine import prepare_items
+    from autobackswap_cli.engine import Dataset, prepare_items
 
     from autobackswap_cli.engine import Shard
 
-    items, _ = prepare_items(data, files_from=listing)
+    items, _ = prepare_items(Dataset(data, files_from=listing))
     step = _step(step_name, data, out)
     if step_name == "compose":
         step.plan_items(items, items, Shard())  # opens the journal a killed run would have left

@@ -196,3 +196,16 @@ def test_a_circle_through_a_package_init_is_found(tmp_path):
     package = _write(tmp_path, {"__init__.py": "", "desc.py": "from .engine.errors import E\n", "engine/__init__.py": "from .record import r\n",
                                 "engine/errors.py": "class E(Exception): pass\n", "engine/record.py": "from ..desc import d\n"})
     assert find_circles(import_graph(package)) == [["pkg.desc", "pkg.engine", "pkg.engine.record"]]
+
+
+def test_no_hidden_state_in_context_variables():
+    """What a step reads (DATA's class rule above all) is passed to it explicitly, as an ``engine.Dataset`` or a
+    ``DatasetLayout``: no module of the package keeps state in a ``ContextVar`` that no signature shows."""
+    offenders = []
+    for name, path in package_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Name) and node.id == "ContextVar" or isinstance(node, ast.Attribute) and node.attr == "ContextVar":
+                offenders.append(f"{name}:{node.lineno}")
+            elif isinstance(node, ast.ImportFrom) and node.module == "contextvars":
+                offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, f"ContextVar state in {', '.join(offenders)}"

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from autobackswap_cli.compose import BackSwapDataset
-from autobackswap_cli.engine import DatasetLayout
+from autobackswap_cli.engine import Dataset, DatasetLayout
 from autobackswap_cli.labels import grid_from_string, read_grid
 from autobackswap_cli.pipeline import PipelineOptions
 from conftest import cli, run_record
@@ -191,7 +191,7 @@ def test_spawrious_segment_mirrors_compose_files_by_breed_and_a_classifier_sees_
     assert (out / "labrador/0/snow/snow_labrador_0__only-fg.png").is_file()
     cli("train-classifier", out, "-o", tmp_path / "m.safetensors", "--epochs", 1, "--image-size", 32, "--no-progress")
     assert json.loads((tmp_path / "m.safetensors.json").read_text())["classes"] == list(BREEDS)
-    dataset = BackSwapDataset(m2m, spawrious.parent / "truth", spawrious.parent / "truth", layout=DatasetLayout(class_level=3))
+    dataset = BackSwapDataset(Dataset(m2m, DatasetLayout(class_level=3)), spawrious.parent / "truth", spawrious.parent / "truth")
     assert dataset.classes == list(BREEDS) and len(dataset) == 32
     assert dataset.targets[[str(it.rel) for it in dataset.items].index("1/beach/corgi/beach_corgi_1.png")] == 1
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import DatasetLayout, scan_dataset
+from ..engine import Dataset, as_dataset
 from ..images import read_image
 from .core import Compositor, item_rng, sample_placement
 from .options import ComposeOptions
@@ -21,16 +21,18 @@ class BackSwapDataset:
     (or ``transform(image)``). Call ``set_epoch(e)`` each epoch for reproducible, changing
     combinations; with ``p_original`` the original image is returned that often instead, and
     always for an image whose mask has no foreground (nothing to cut out) or is not trusted (its confidence is below
-    ``options.min_confidence``, as compose leaves it out). ``layout`` says where classes come
-    from, as ``--class-level`` / ``--metadata`` do on the command line (default: the first folder).
+    ``options.min_confidence``, as compose leaves it out). ``data`` is DATA's folder (an ImageFolder) or an
+    ``engine.Dataset``, which says where classes come from as ``--class-level`` / ``--metadata`` do on the command
+    line.
     """
 
-    def __init__(self, data_dir: Path | str, masks_dir: Path | str, backgrounds_dir: Path | str,
-                 options: ComposeOptions | None = None, transform=None, p_original: float = 0.0, layout: DatasetLayout | None = None):
+    def __init__(self, data: Dataset | Path | str, masks_dir: Path | str, backgrounds_dir: Path | str,
+                 options: ComposeOptions | None = None, transform=None, p_original: float = 0.0):
         self.options = options or ComposeOptions()
         self.options.check()
-        layout = layout or DatasetLayout()
-        scan, _ = scan_dataset(Path(data_dir), layout, exclude=[Path(masks_dir), Path(backgrounds_dir)])
+        data = as_dataset(data)
+        layout = data.layout
+        scan, _ = data.scan(exclude=[Path(masks_dir), Path(backgrounds_dir)])
         self.items = scan.items
         self.classes = scan.classes
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}

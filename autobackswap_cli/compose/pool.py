@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import DatasetLayout, StepError, scan_dataset
+from ..engine import Dataset, DatasetLayout, StepError
 from ..images import ImageError, ImageItem, path_key
 
 # --bg-from: which classes a foreground's background may come from (class uniform, then image uniform)
@@ -41,16 +41,17 @@ def candidate_classes(rule: str, classes: list[str], fg_class: str) -> list[str]
 class BackgroundPool:
     """The backgrounds on disk, by class, and the rule to pick one for a foreground.
 
-    A background's class (and group) follows the data layout (``layout``, default the active one), as its image's
+    A background's class (and group) follows the data layout (``layout``, default an ImageFolder's), as its image's
     does: BACKGROUNDS mirror DATA. Backgrounds whose key is in ``leave_out`` (made from a mask not trusted: the
     object may still be in them) are not in the pool.
     """
 
     def __init__(self, backgrounds_dir: Path, layout: DatasetLayout | None = None, leave_out: set[str] = frozenset()):
+        layout = layout or DatasetLayout()
         self.root = Path(backgrounds_dir)
         if not self.root.is_dir():
             raise StepError(f"backgrounds folder not found: {self.root}")
-        scan, _ = scan_dataset(self.root, layout, what="BACKGROUNDS")
+        scan, _ = Dataset(self.root, layout).scan(what="BACKGROUNDS")
         self.by_class: dict[str, list[str]] = {}
         self._index: dict[str, tuple[str, int, str | None]] = {}  # image key -> (class, position in by_class[class], group)
         self.left_out = 0

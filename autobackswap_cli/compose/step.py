@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engine import RunReport, Step, active_layout, console
+from ..engine import DatasetLayout, RunReport, Step, console
 from ..images import ImageError, ImageItem, read_image
 from .core import Compositor, Placement, item_rng, key_digest, placement_matrix, sample_placement
 from .layouts import OUTPUT_LAYOUTS, WriterContext
@@ -44,14 +44,15 @@ class ComposeStep(Step):
     output_layout: str | None = None  # a subclass that always writes one layout names it here
 
     def __init__(self, masks_dir: Path, backgrounds_dir: Path, out_dir: Path, options: ComposeOptions,
-                 preview: str | None = None, preview_count: int = 24):
+                 preview: str | None = None, preview_count: int = 24, layout: DatasetLayout | None = None):
         options.check()
-        self.core = Compositor(masks_dir, backgrounds_dir, options.tight, options.feather, min_confidence=options.min_confidence)
+        layout = layout or DatasetLayout()  # DATA's class rule: BACKGROUNDS mirror DATA
+        self.core = Compositor(masks_dir, backgrounds_dir, options.tight, options.feather, layout, min_confidence=options.min_confidence)
         self.out_dir = Path(out_dir)
         self.options = options
         self.preview = preview
         self.preview_count = preview_count
-        self.layout = active_layout().recorded()  # the class rule names the output folders: part of the plan
+        self.layout = layout.recorded()  # the class rule names the output folders: part of the plan
         context = WriterContext(self.out_dir, options, self.fingerprint(), self.plan, self.manifest_rows, preview, preview_count)
         self.writer = OUTPUT_LAYOUTS[self.output_layout or options.layout][0](context)
 
@@ -186,6 +187,8 @@ class TarComposeStep(ComposeStep):
     output_layout = "webdataset"
 
 
-def compose_step(masks_dir: Path, backgrounds_dir: Path, out_dir: Path, options: ComposeOptions, preview: str | None = None) -> ComposeStep:
-    """The compose step for ``options.layout`` (an ``OUTPUT_LAYOUTS`` name): ImageFolder files, or WebDataset tar shards."""
-    return ComposeStep(masks_dir, backgrounds_dir, out_dir, options, preview=preview)
+def compose_step(masks_dir: Path, backgrounds_dir: Path, out_dir: Path, options: ComposeOptions, preview: str | None = None,
+                 layout: DatasetLayout | None = None) -> ComposeStep:
+    """The compose step for ``options.layout`` (an ``OUTPUT_LAYOUTS`` name): ImageFolder files, or WebDataset tar shards;
+    ``layout``: DATA's class rule (BACKGROUNDS follow it too)."""
+    return ComposeStep(masks_dir, backgrounds_dir, out_dir, options, preview=preview, layout=layout)

@@ -31,8 +31,8 @@ from .report import RunReport
 from .record import (RUN_RECORD, build_record, model_record_path, record_interrupted_training, record_path, status_of,
                      write_run_record)
 from .signals import Interrupted, as_interrupted, stop_on_signals
-from .layout import DatasetLayout, active_layout, metadata_table, using_layout
-from .scan import check_outputs, prepare_items, read_items, scan_dataset
+from .layout import DatasetLayout, metadata_table
+from .scan import Dataset, as_dataset, check_outputs, prepare_items, read_items
 from .step import Step
 from .folder import run_on_folder
 
@@ -43,5 +43,5 @@ __all__ = [
     "shard_from_env", "console", "make_progress", "print_summary", "RUN_RECORD", "build_record",
     "model_record_path", "record_interrupted_training", "record_path", "Interrupted", "as_interrupted", "stop_on_signals", "status_of", "write_run_record",
     "prepare_items", "check_outputs", "read_items", "Step",
-    "DatasetLayout", "active_layout", "metadata_table", "using_layout", "scan_dataset", "run_on_folder",
+    "Dataset", "DatasetLayout", "as_dataset", "metadata_table", "run_on_folder",
 ]

@@ -6,18 +6,15 @@
   (the spurious attribute) and split (Waterbirds' ``metadata.csv``). The table is read once, as a stream, into a
   dict keyed by the image's path without extension (so BACKGROUNDS, which mirror DATA in another format, match).
 
-A command line sets the layout once (``using_layout``); ``prepare_items``, the backgrounds pool and the trainers
-read ``active_layout()``, and every run record holds it (``options.layout``), so ``run --config`` replays it.
+A command line builds it once, into the ``Dataset`` (engine/scan.py) it passes to everything that reads DATA; every
+run record holds it (``options.layout``), so ``run --config`` replays it.
 """
 
 from __future__ import annotations
 
 import posixpath
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterator
 
 from ..images import FolderScan, ImageItem, path_key
 from .errors import StepError
@@ -77,25 +74,6 @@ class DatasetLayout:
         if unknown:
             raise StepError(f"unknown layout option(s) in the record: {', '.join(sorted(unknown))}")
         return cls(**(values or {}))
-
-
-_ACTIVE: ContextVar[DatasetLayout] = ContextVar("autobackswap_layout", default=DatasetLayout())  # noqa: B039 - frozen, immutable
-
-
-def active_layout() -> DatasetLayout:
-    """The layout the running command set (the default ImageFolder rule when none did)."""
-    return _ACTIVE.get()
-
-
-@contextmanager
-def using_layout(layout: DatasetLayout | None) -> Iterator[DatasetLayout]:
-    """Make ``layout`` the active one inside the block (``None``: keep the current one)."""
-    token = _ACTIVE.set(layout) if layout is not None else None
-    try:
-        yield active_layout()
-    finally:
-        if token is not None:
-            _ACTIVE.reset(token)
 
 
 # --------------------------------------------------------------------------- the metadata table

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..images import TEMP_PREFIX, FolderListing, ImageItem, remove_stale_temp_files
+from .layout import DatasetLayout
 from .errors import LEFT_OUT_KINDS, FailFast, LeftOutReason, RunStopper, StepError
 from .lock import output_lock
 from .options import RunOptions
@@ -33,8 +34,10 @@ from .workers import (compute_batch, restore_torch_threads, share_cores_with_wor
                       work_process_and_write, work_write)
 
 
-def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnings: Sequence[str] = ()) -> RunReport:
-    """Run ``step`` over ``items`` (already scanned) and write the run record.
+def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnings: Sequence[str] = (),
+             layout: DatasetLayout | None = None) -> RunReport:
+    """Run ``step`` over ``items`` (already scanned) and write the run record (``layout``: the class rule the items
+    were placed by, for the record).
 
     Returns the report; the caller turns failures into the exit code. Ctrl-C / SIGTERM and ``--fail-fast`` raise
     after the record is written; a dead worker becomes a ``StepError``.
@@ -47,10 +50,11 @@ def run_step(step: Step, items: Sequence[ImageItem], options: RunOptions, warnin
     except OSError as exc:
         raise StepError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
     with output_lock(out_dir, options.shard):
-        return _run_locked(step, out_dir, items, options, warnings)
+        return _run_locked(step, out_dir, items, options, warnings, layout)
 
 
-def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: RunOptions, warnings: Sequence[str]) -> RunReport:
+def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: RunOptions, warnings: Sequence[str],
+                layout: DatasetLayout | None) -> RunReport:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     _remove_leftover_temps(out_dir, options)
     report = RunReport(step=step.name, out_dir=str(out_dir), warnings=list(warnings), shard=options.shard)
@@ -71,7 +75,7 @@ def _run_locked(step: Step, out_dir: Path, items: Sequence[ImageItem], options: 
         if report.interrupted:
             report.done += _written_uncounted(step, todo, drive.ended if drive else set())
         report.wall_time_s = time.perf_counter() - t0
-        _write_record(step, report, options, started, out_dir, error)
+        _write_record(step, report, options, started, out_dir, error, layout)
     if error is None and noted:
         error = Interrupted(noted[0])  # the run ended while the signal waited: still tell the caller
     if error is not None:
@@ -113,9 +117,9 @@ def _stop_after(error: BaseException | None, executor: Any, report: RunReport, o
 
 
 def _write_record(step: Step, report: RunReport, options: RunOptions, started: datetime, out_dir: Path,
-                  error: BaseException | None) -> None:
+                  error: BaseException | None, layout: DatasetLayout | None) -> None:
     try:
-        write_run_record(record_path(out_dir, options.shard), _record(step, report, options, started))
+        write_run_record(record_path(out_dir, options.shard), _record(step, report, options, started, layout))
     except OSError as exc:
         if error is None:
             raise StepError(f"cannot write the run record into {out_dir}: {exc.strerror or exc}") from None
@@ -304,9 +308,10 @@ def _remove_leftover_temps(out_dir: Path, options: RunOptions) -> None:
             pass
 
 
-def _record(step: Step, report: RunReport, options: RunOptions, started: datetime) -> dict:
+def _record(step: Step, report: RunReport, options: RunOptions, started: datetime, layout: DatasetLayout | None) -> dict:
     return build_record(
         step.name,
+        layout=layout,
         status=status_of(report.failed, report.interrupted, report.error),
         options={**options.record(), **step.recorded_options()},
         counts={"total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed,

@@ -10,18 +10,18 @@ from pathlib import Path
 
 from .. import __version__
 from ..images import write_bytes_atomic
-from .layout import active_layout
+from .layout import DatasetLayout
 from .options import Shard
 
 RUN_RECORD = "autobackswap.json"
 
 
 def build_record(step: str, *, status: str, options: dict, counts: dict, wall_time_s: float, failures: list[dict] = (),
-                 started: datetime | None = None, error: str | None = None, **extra) -> dict:
+                 started: datetime | None = None, error: str | None = None, layout: DatasetLayout | None = None, **extra) -> dict:
     """A run record: what ran (step, package version, options), how it ended (status, counts, failures) and how
     long it took. ``extra`` adds step-specific sections (results, shard, warnings, metrics, ...). The options hold
-    the data layout that placed the items in classes (``layout``: the active ``--class-level`` / ``--metadata``)."""
-    options = {**options, "layout": options.get("layout") or active_layout().recorded()}
+    the data layout that placed the items in classes (``layout``: ``--class-level`` / ``--metadata``)."""
+    options = {**options, "layout": options.get("layout") or (layout or DatasetLayout()).recorded()}
     finished = datetime.now(timezone.utc)
     return {
         "step": step,

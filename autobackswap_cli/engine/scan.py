@@ -1,37 +1,58 @@
-"""Reading the input: scan DATA for a step, and read items one by one, collecting the ones that fail."""
+"""Reading the input: a ``Dataset`` (DATA's folder, its class rule, an optional list of its images) scanned for a
+step, and items read one by one, collecting the ones that fail."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..images import FolderScan, ImageError, ImageItem, is_inside, items_from_list, scan_image_folder
 from .errors import NoForeground, StepError
-from .layout import DatasetLayout, active_layout, apply_layout
+from .layout import DatasetLayout, apply_layout
 from .names import is_tool_file
 from .progress import console, log_json_path, make_progress
 
 
-def scan_dataset(data_dir: Path, layout: DatasetLayout | None = None, exclude: Sequence[Path] = (),
-                 files_from: Path | None = None, what: str = "DATA") -> tuple[FolderScan, list[str]]:
-    """DATA's images (scanned, or those ``files_from`` lists) with their class and group by ``layout`` (default:
-    the active one), and the layout's warnings. The one way a dataset is read: steps, trainers, the pool."""
-    layout = active_layout() if layout is None else layout
-    if files_from is not None:
-        if not Path(files_from).is_file():
-            raise StepError(f"--files-from: list not found: {files_from}")
-        scan = items_from_list(data_dir, files_from)
-    else:
-        scan = scan_image_folder(data_dir, exclude=[p for p in exclude if p is not None])
-    return apply_layout(scan, layout, Path(data_dir), what)
+@dataclass(frozen=True)
+class Dataset:
+    """What DATA is: its folder, where each image's class comes from (``layout``: ``--class-level`` /
+    ``--metadata``; default an ImageFolder) and, optionally, a list of the images to take instead of scanning
+    (``files_from``). Built once by the command line or the library caller and passed to everything that reads
+    DATA; BACKGROUNDS, which mirror DATA, are read with ``for_folder``."""
+
+    root: Path
+    layout: DatasetLayout = field(default_factory=DatasetLayout)
+    files_from: Path | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    def for_folder(self, folder: Path) -> "Dataset":
+        """Another folder that mirrors this one (BACKGROUNDS): the same class rule, scanned whole."""
+        return replace(self, root=Path(folder), files_from=None)
+
+    def scan(self, exclude: Sequence[Path | None] = (), what: str = "DATA") -> tuple[FolderScan, list[str]]:
+        """The images (scanned, or those ``files_from`` lists) with their class and group by the layout, and the
+        layout's warnings. The one way a dataset is read: steps, trainers, the backgrounds pool."""
+        if self.files_from is not None:
+            if not Path(self.files_from).is_file():
+                raise StepError(f"--files-from: list not found: {self.files_from}")
+            scan = items_from_list(self.root, self.files_from)
+        else:
+            scan = scan_image_folder(self.root, exclude=[p for p in exclude if p is not None])
+        return apply_layout(scan, self.layout, self.root, what)
 
 
-def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Sequence[Path] = (),
-                  files_from: Path | None = None, layout: DatasetLayout | None = None,
+def as_dataset(data: Dataset | Path | str) -> Dataset:
+    """``data`` as a ``Dataset``: a folder alone is an ImageFolder, scanned whole."""
+    return data if isinstance(data, Dataset) else Dataset(Path(data))
+
+
+def prepare_items(data: Dataset | Path, out_dir: Path | None = None, other_inputs: Sequence[Path] = (),
                   output_files: Sequence[tuple[str, Path | None]] = ()) -> tuple[list[ImageItem], list[str]]:
-    """Scan DATA for a step (or take the images ``files_from`` lists, unscanned), each item's class by ``layout``
-    (default: the active one: ``--class-level`` / ``--metadata``); returns its items and warnings for the run
-    record.
+    """Scan DATA for a step (or take the images its ``files_from`` lists, unscanned), each item's class by its
+    layout; returns its items and warnings for the run record.
 
     The step's output folder may not be, hold or lie inside any of its inputs (DATA and ``other_inputs`` such as
     MASKS, BACKGROUNDS, LABELS; symlinks resolved): inputs are never modified. Only an output inside DATA is
@@ -39,13 +60,13 @@ def prepare_items(data_dir: Path, out_dir: Path | None = None, other_inputs: Seq
     name files read too (model files), and ``output_files`` the step's single-file outputs (``(flag, path)``):
     none may be or lie inside an input (``check_outputs``).
     """
-    data_dir = Path(data_dir)
+    dataset = as_dataset(data)
+    data_dir, files_from, metadata = dataset.root, dataset.files_from, dataset.layout.metadata
     if not data_dir.is_dir():
         raise StepError(f"input folder not found: {data_dir}")
     inputs = [Path(p) for p in other_inputs if p is not None]
-    metadata = (active_layout() if layout is None else layout).metadata
     warnings = check_outputs([*inputs, files_from, Path(metadata) if metadata else None], out_dir, output_files, data_dir)
-    scan, layout_warnings = scan_dataset(data_dir, layout, [out_dir, *(p for p in inputs if not p.is_file())], files_from)
+    scan, layout_warnings = dataset.scan([out_dir, *(p for p in inputs if not p.is_file())])
     for cls in scan.empty_classes:
         warnings.append(f"class folder '{cls}' has no images; it is skipped")
     if scan.skipped_files:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine import CommonOptions, RunReport, StepError, console, prepare_items
+from ..engine import CommonOptions, Dataset, RunReport, StepError, as_dataset, console, prepare_items
 from ..images import ImageItem
 from ..label_format import label_path, select_uncertain
 from ..labels import ImportRequest, export_csv, import_labels, read_labels_info, reference_names
@@ -50,11 +50,12 @@ class LabelRequest:
                             "(how many images LABELS should hold; those labelled already stay)")
 
 
-def make_labels(data: Path, out: Path, request: LabelRequest, common: CommonOptions | None = None) -> RunReport | None:
-    """Make LABELS for DATA: import them (through the engine, with ``common``'s workers, overwrite, fail-fast,
+def make_labels(data: Dataset | Path, out: Path, request: LabelRequest, common: CommonOptions | None = None) -> RunReport | None:
+    """Make LABELS for DATA (a folder, or a ``Dataset`` with its class rule): import them (through the engine, with ``common``'s workers, overwrite, fail-fast,
     progress and seed), or — without an importer and without an export — serve the labelling page until Ctrl-C;
     then write ``request.export_csv`` when asked. Returns the import's run report (None without an import)."""
     common = common or CommonOptions()
+    data = as_dataset(data)
     importer = request.importer()
     request.check_pick()
     items, warnings = prepare_items(data, out, other_inputs=[request.from_masks, request.from_csv, request.from_coco, request.segmenter],
@@ -66,7 +67,8 @@ def make_labels(data: Path, out: Path, request: LabelRequest, common: CommonOpti
         report = import_labels(data, out, items, chosen, common, warnings)
     elif not request.export_csv:
         first = pick_uncertain(items, out, request, common) if request.pick == "uncertain" else None
-        store = LabelStore(data, out, items, count=request.count, seed=common.seed, grid=request.grid, segmenter=request.segmenter, first=first)
+        store = LabelStore(data.root, out, items, count=request.count, seed=common.seed, grid=request.grid, segmenter=request.segmenter, first=first,
+                           layout=data.layout)
         serve(store, host=request.host, port=request.port, open_browser=request.open_browser)
         return None
     if request.export_csv:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import StepError, build_record
+from ..engine import DatasetLayout, StepError, build_record
 from ..images import ImageError, ImageItem, encode_image, is_inside, read_image, write_bytes_atomic
 from ..label_format import (BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, label_path, read_grid, read_labels_info,
                             select_stratified, write_labels_info)
@@ -93,8 +93,9 @@ class LabelStore:
     """The images to label, their grids on disk, and the session; safe to use from many threads."""
 
     def __init__(self, data_dir: Path, labels_dir: Path, items: list[ImageItem], count: int | None = None, seed: int = 0, grid: int | None = None,
-                 segmenter: Path | None = None, first: list[str] | None = None):
+                 segmenter: Path | None = None, first: list[str] | None = None, layout: DatasetLayout | None = None):
         self.data_dir = Path(data_dir)
+        self.layout = layout or DatasetLayout()  # DATA's class rule, for the run record
         self.labels_dir = Path(labels_dir)
         self.predictor = GridPredictor(segmenter) if segmenter else None
         self.grid = resolve_grid(self.labels_dir, grid, self.predictor.grid if self.predictor else None)
@@ -316,6 +317,6 @@ class LabelStore:
         return build_record(
             "label", status="interrupted" if interrupted else "completed", wall_time_s=time.time() - started, method="interactive",
             options={"count": self.session.count, "seed": self.session.seed, "grid": self.grid,
-                     "segmenter": str(self.predictor.checkpoint) if self.predictor else None},
+                     "segmenter": str(self.predictor.checkpoint) if self.predictor else None, "layout": self.layout.recorded()},
             counts={"total": progress["total"], "done": progress["done"], "skipped": len(self.session.skipped), "labelled_in_folder": len(self.labelled)},
         )

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine import (StepError, build_record, console, make_progress, model_record_path, prepare_items, read_items,
+from ..engine import (Dataset, StepError, as_dataset, build_record, console, make_progress, model_record_path, prepare_items, read_items,
                       record_interrupted_training, resolve_device, status_of, write_run_record)
 from ..images import read_image
 from ..label_format import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
@@ -352,8 +352,10 @@ def with_backbone_defaults(opts: TrainOptions) -> TrainOptions:
     return replace(opts, epochs=opts.epochs or spec.epochs, lr=opts.lr or spec.lr, patience=opts.patience or spec.patience)
 
 
-def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: TrainOptions, progress: bool = True) -> TrainResult:
-    """Train on every labelled image of DATA and save the checkpoint to ``out_path`` (and its run record beside)."""
+def train_segmenter(dataset: Dataset | Path, labels_dir: Path, out_path: Path, opts: TrainOptions, progress: bool = True) -> TrainResult:
+    """Train on every labelled image of DATA (a folder, or a ``Dataset`` with its class rule) and save the checkpoint
+    to ``out_path`` (and its run record beside)."""
+    dataset = as_dataset(dataset)
     t0 = time.perf_counter()
     if opts.pretrained and opts.weights:
         raise StepError("use either --pretrained or --weights FILE, not both")
@@ -361,11 +363,11 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
     if not labels_dir.is_dir():
         raise StepError(f"labels folder not found: {labels_dir}")
     info = read_labels_info(labels_dir)
-    items, warnings = prepare_items(Path(data_dir), other_inputs=[labels_dir, Path(opts.weights) if opts.weights else None],
+    items, warnings = prepare_items(dataset, other_inputs=[labels_dir, Path(opts.weights) if opts.weights else None],
                                     output_files=[("-o", Path(out_path))])
     labelled = labelled_items(labels_dir, items)
     if len(labelled) < 4:
-        raise StepError(f"only {len(labelled)} labelled image(s) of {data_dir} found in {labels_dir}; label at least a few dozen")
+        raise StepError(f"only {len(labelled)} labelled image(s) of {dataset.root} found in {labels_dir}; label at least a few dozen")
     grid = info.grid
     opts = with_backbone_defaults(opts)
     size = opts.image_size or default_image_size(opts.backbone, grid)
@@ -382,7 +384,7 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
         best, history = _fit(model, inputs, opts, progress)
     except KeyboardInterrupt as exc:
         raise record_interrupted_training(
-            out_path, "train-segmenter", exc, options=asdict(opts),
+            out_path, "train-segmenter", exc, options={**asdict(opts), "layout": dataset.layout.recorded()},
             counts={"labelled": len(labelled), "used": len(data.keys), "failed": len(failures)},
             wall_time_s=time.perf_counter() - t0, failures=failures) from None
     held_out = data.val_idx or data.train_idx
@@ -392,7 +394,7 @@ def train_segmenter(data_dir: Path, labels_dir: Path, out_path: Path, opts: Trai
         "val_loss": round(best["val_loss"], 5), "train_images": len(data.train_idx), "val_images": len(data.val_idx),
         "history": history, "calibration": calibration,
     }
-    options = {**asdict(opts), "device_used": str(device), "grid": grid, "image_size": size}
+    options = {**asdict(opts), "device_used": str(device), "grid": grid, "image_size": size, "layout": dataset.layout.recorded()}
     extra = {"labels": {"dir": str(labels_dir), "grid": grid, "method": info.method}, "val_items": [data.keys[i] for i in data.val_idx],
              "thresholds": thresholds}
     save_checkpoint(out_path, model.cpu(), size, options, metrics, extra=extra)
