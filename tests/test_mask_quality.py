@@ -209,3 +209,22 @@ def test_pick_uncertain_needs_a_segmenter_and_a_count(small_sample, tmp_path):
     result = cli("label", small_sample / "train", "--from-masks", small_sample / "masks/train", "--pick", "uncertain", "-o", tmp_path / "l",
                  "--no-progress", expect=2)
     assert "--segmenter" in result.output
+
+
+def test_the_labelling_page_serves_the_picked_images_first(small_sample, tmp_path):
+    """With --pick uncertain the page's session holds the images labelled so far, then the picks (least confident
+    first), and resumes at the first pick."""
+    from autobackswap_cli.engine import prepare_items
+    from autobackswap_cli.labeler.store import LabelStore
+
+    data, labels = small_sample / "train", tmp_path / "labels"
+    cli("label", data, "--from-masks", small_sample / "masks/train", "--count", "3", "-o", labels, "--no-progress")
+    items, _ = prepare_items(data, labels)
+    done = sorted(str(p.relative_to(labels).with_suffix(".jpg")) for p in labels.rglob("*.png"))
+    picks = [str(it.rel) for it in items if str(it.rel) not in done][:4][::-1]
+    store = LabelStore(data, labels, items, first=picks)
+    page = store.summary()
+    order = [image["rel"] for image in page["images"]]
+    assert order[: len(done)] == done and order[len(done):] == picks
+    assert order[page["resume"]] == picks[0]
+    assert LabelStore(data, labels, items).summary()["images"][len(done)]["rel"] == picks[0]  # the saved session keeps them first
