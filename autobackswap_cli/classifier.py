@@ -28,8 +28,8 @@ from torch import nn
 from .engine import (Dataset, StepError, as_dataset, build_record, check_outputs, console, make_progress, model_record_path, read_items,
                      record_interrupted_training, resolve_device, status_of, write_run_record)
 from .images import read_image
-from .descriptions import check_classifier
-from .model_files import (SAFETENSORS, TORCH_ZIP, check_finite, check_shapes, deprecated, file_kind, is_torchscript, read_header, read_state_dict,
+from .formats.descriptions import check_classifier
+from .formats.model_files import (SAFETENSORS, TORCH_ZIP, check_finite, check_shapes, deprecated, file_kind, is_torchscript, read_header, read_state_dict,
                           read_tensors, save_model)
 from .nets import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalise
 

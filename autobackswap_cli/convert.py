@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .classifier import MODEL_FORMAT, load_classifier
 from .engine import StepError, check_outputs
-from .model_files import SAFETENSORS, existing_file, file_kind, is_torchscript, save_model
+from .formats.model_files import SAFETENSORS, existing_file, file_kind, is_torchscript, save_model
 from .segmenter.model import load_segmenter, save_checkpoint
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 from .engine import Dataset, Step, StepError, console, metadata_table, run_step
 from .engine.tables import table_rows
 from .images import IMAGE_EXTENSIONS, ImageError, ImageItem, image_size, write_bytes_atomic
-from .label_format import (BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, grid_from_mask, grid_from_string, grid_to_string,
+from .formats.label_format import (BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, grid_from_mask, grid_from_string, grid_to_string,
                            label_path, labelled_items, read_grid, read_labels_info, select_stratified, write_grid, write_labels_info)
 
 __all__ = [  # the format's names too, for callers from before label_format

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Collection, Mapping
 
 from .compose import ComposeOptions, compose_step
-from .descriptions import check_options
+from .formats.descriptions import check_options
 from .engine import (CommonOptions, Dataset, DatasetLayout, RunReport, StepError, build_record, console, prepare_items, print_summary, record_path,
                      run_step, status_of, write_run_record)
 from .inpaint import InpaintOptions

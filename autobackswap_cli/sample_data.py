@@ -163,7 +163,7 @@ def make_sample(cls: str, family: str, rng: np.random.Generator, size: int) -> t
 
 def generate(out: Path | str, spec: SampleSpec = SampleSpec()) -> dict:
     """Write the sample dataset to ``out``; returns a summary (counts per split)."""
-    from .label_format import LabelsInfo, grid_from_mask, select_stratified, write_grid, write_labels_info
+    from .formats.label_format import LabelsInfo, grid_from_mask, select_stratified, write_grid, write_labels_info
 
     out = Path(out)
     rng = np.random.default_rng(spec.seed)

@@ -65,7 +65,7 @@ from autobackswap_cli.classifier import load_classifier  # noqa: E402
 from autobackswap_cli.compose import foreground_alpha  # noqa: E402
 from autobackswap_cli.images import read_image, read_mask, scan_image_folder  # noqa: E402
 from autobackswap_cli.inpaint.step import FillRegion, fill_region  # noqa: E402
-from autobackswap_cli.mask_quality import confidence_threshold, read_mask_quality  # noqa: E402
+from autobackswap_cli.formats.mask_quality import confidence_threshold, read_mask_quality  # noqa: E402
 
 CONDITIONS = ("ours", "unfiltered", "plain-paste", "ceiling", "grabcut", "u2netp", "originals")
 # ours' masks and fill composed another way: nothing left out for low confidence; and a plain paste (hard alpha at

@@ -16,7 +16,7 @@ from PIL import Image
 from autobackswap_cli.compose import BackSwapDataset, ComposeOptions, Placement, fit_background, foreground_alpha, placement_matrix
 from autobackswap_cli.compose.layouts import MANIFEST_FIELDS
 from autobackswap_cli.images import TEMP_PREFIX, read_image, read_mask
-from autobackswap_cli.manifest import Journal
+from autobackswap_cli.formats.manifest import Journal
 from autobackswap_cli.sample_data import SampleSpec, generate
 from badfiles import truncated_jpeg
 from conftest import cli, cli_background, cli_subprocess, run_record, wait_until
@@ -240,7 +240,7 @@ def test_background_choice_is_uniform_and_never_the_own_or_an_earlier_pick(tmp_p
 
 def test_the_manifest_is_sorted_from_disk_not_memory(small_sample, tmp_path, monkeypatch):
     """Rows go to a spool file and are merge-sorted in runs; tiny runs give the same manifest as one big run."""
-    from autobackswap_cli import manifest
+    from autobackswap_cli.formats import manifest
 
     args = (small_sample / "train", small_sample / "masks/train", small_sample / "backgrounds/train")
     cli("compose", *args, "-o", tmp_path / "one", "--per-image", 3, "--no-progress")
@@ -273,7 +273,7 @@ def test_names_that_are_not_utf8_round_trip_through_compose_and_its_manifest(sma
             with open(out / "manifest.csv", newline="", encoding="utf-8", errors="surrogateescape") as fh:
                 rows = list(csv.DictReader(fh))
         else:  # each sample's manifest row is its .json member
-            from autobackswap_cli.tarshards import read_samples
+            from autobackswap_cli.formats.tarshards import read_samples
 
             rows = [json.loads(s["json"]) for tar in sorted(out.glob("*.tar")) for s in read_samples(tar)]
         mine = [r for r in rows if r["foreground"] == os.fsdecode(b"disc/caf\xe9.jpg")]

@@ -270,7 +270,7 @@ def probe_set(small_sample, tmp_path) -> Path:
 
 def _tiny_classifier(path: Path, classes: list[str]) -> Path:
     from autobackswap_cli.classifier import MODEL_FORMAT, build_small_cnn
-    from autobackswap_cli.model_files import save_model
+    from autobackswap_cli.formats.model_files import save_model
 
     net = build_small_cnn(len(classes), 4)
     save_model(path, net.state_dict(), {"format": MODEL_FORMAT, "format_version": 2, "arch": "small-cnn", "width": 4,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from autobackswap_cli.images import read_mask, read_mask_text, scan_image_folder
-from autobackswap_cli.mask_quality import CONFIDENCE_NOTE, DEFAULT_MIN_CONFIDENCE, QUALITY_FILE, read_mask_quality
+from autobackswap_cli.formats.mask_quality import CONFIDENCE_NOTE, DEFAULT_MIN_CONFIDENCE, QUALITY_FILE, read_mask_quality
 from autobackswap_cli.segmenter.confidence import mask_confidence
 from autobackswap_cli.segmenter.predict import preview_items
 from autobackswap_cli.segmenter.refine import upsample_probabilities

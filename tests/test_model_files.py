@@ -15,7 +15,7 @@ from safetensors import safe_open
 from autobackswap_cli.classifier import META_FILE, build_small_cnn, load_classifier
 from autobackswap_cli.engine import StepError
 from autobackswap_cli.images import read_mask
-from autobackswap_cli.model_files import SAFETENSORS, file_kind
+from autobackswap_cli.formats.model_files import SAFETENSORS, file_kind
 from autobackswap_cli.segmenter.model import CHECKPOINT_FORMAT, load_segmenter
 from conftest import cli
 
@@ -170,7 +170,7 @@ def test_a_segmenter_description_is_checked_field_by_field_before_any_image(case
 
 
 def test_weights_that_do_not_fit_the_description_are_refused_before_the_body_is_read(tiny_checkpoint, tmp_path, monkeypatch):
-    import autobackswap_cli.model_files as model_files
+    import autobackswap_cli.formats.model_files as model_files
 
     bad = _with_description(tiny_checkpoint, tmp_path / "bad.safetensors", lambda d: {**d, "backbone": "resnet18"})
     monkeypatch.setattr(model_files, "read_tensors", lambda *a: pytest.fail("the body was read"))

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from autobackswap_cli.images import TEMP_PREFIX
-from autobackswap_cli.tarshards import read_samples
+from autobackswap_cli.formats.tarshards import read_samples
 from conftest import cli, cli_background, cli_subprocess, run_record, wait_until
 
 

@@ -21,8 +21,8 @@ import numpy as np
 
 from ..engine import DatasetLayout, LowConfidence, NoForeground, StepError
 from ..images import ImageError, ImageItem, bounding_box, mirror_path, path_key, read_image, read_mask
-from ..mask_quality import confidence_threshold, read_mask_quality
-from ..mask_thresholds import mask_threshold
+from ..formats.mask_quality import confidence_threshold, read_mask_quality
+from ..formats.mask_thresholds import mask_threshold
 from .pool import BG_RULES, BackgroundPool
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ import numpy as np
 from ..engine import RunReport, console
 from ..images import (TEXT, FolderListing, ImageError, ImageItem, encode_image, mirror_path, preview_grid, read_image, spread_sample,
                       write_bytes_atomic, write_image_atomic)
-from ..manifest import Journal, ManifestSpool
-from ..tarshards import Sample, TarSpool, describe_tar, read_index, sample_key, write_index
+from ..formats.manifest import Journal, ManifestSpool
+from ..formats.tarshards import Sample, TarSpool, describe_tar, read_index, sample_key, write_index
 
 if TYPE_CHECKING:
     from .options import ComposeOptions

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..engine import RunReport, Step, StepError, console, resolve_devices
 from ..images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_image_atomic
-from ..mask_thresholds import PAPER_THRESHOLDS, mask_threshold
+from ..formats.mask_thresholds import PAPER_THRESHOLDS, mask_threshold
 from .base import InpaintOptions
 
 

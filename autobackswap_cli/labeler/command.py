@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..engine import CommonOptions, Dataset, RunReport, StepError, as_dataset, console, prepare_items
 from ..images import ImageItem
-from ..label_format import label_path, select_uncertain
+from ..formats.label_format import label_path, select_uncertain
 from ..labels import ImportRequest, export_csv, import_labels, read_labels_info, reference_names
 from .server import serve
 from .store import LabelStore

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..engine import DatasetLayout, StepError, build_record
 from ..images import ImageError, ImageItem, encode_image, is_inside, read_image, write_bytes_atomic
-from ..label_format import (BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, label_path, read_grid, read_labels_info,
+from ..formats.label_format import (BACKGROUND, DEFAULT_GRID, FOREGROUND, LABELS_INFO, UNLABELLED, LabelsInfo, label_path, read_grid, read_labels_info,
                             select_stratified, write_labels_info)
 
 SESSION_FILE = "labeler.json"

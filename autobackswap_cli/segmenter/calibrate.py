@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..label_format import FOREGROUND, UNLABELLED
-from ..mask_thresholds import PAPER_THRESHOLDS
+from ..formats.label_format import FOREGROUND, UNLABELLED
+from ..formats.mask_thresholds import PAPER_THRESHOLDS
 
 TIGHT_CANDIDATES = np.round(np.arange(0.30, 0.901, 0.05), 2)
 LOOSE_CANDIDATES = np.round(np.arange(0.05, 0.901, 0.05), 2)

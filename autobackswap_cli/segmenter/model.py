@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import StepError
-from ..descriptions import check_segmenter
-from ..model_files import (SAFETENSORS, TORCH_ZIP, check_finite, check_shapes, file_kind, is_torchscript, read_header, read_legacy_checkpoint,
+from ..formats.descriptions import check_segmenter
+from ..formats.model_files import (SAFETENSORS, TORCH_ZIP, check_finite, check_shapes, file_kind, is_torchscript, read_header, read_legacy_checkpoint,
                            read_state_dict, read_tensors, save_model)
 from ..nets import IMAGENET_MEAN, IMAGENET_STD
 from .backbones import BACKBONE_INFO, BackboneInfo

@@ -18,7 +18,7 @@ import numpy as np
 from ..engine import PRECISIONS, RunReport, Shard, Step, StepError, console, resolve_device, resolve_devices, resolve_precision
 from ..images import (ImageItem, mirror_path, overlay_mask, preview_grid, read_image, read_mask, read_mask_text, spread_sample, write_image_atomic,
                       write_mask_atomic)
-from ..mask_quality import CONFIDENCE_NOTE, DEFAULT_MIN_CONFIDENCE, QUALITY_FILE, format_confidence, parse_confidence, update_mask_quality
+from ..formats.mask_quality import CONFIDENCE_NOTE, DEFAULT_MIN_CONFIDENCE, QUALITY_FILE, format_confidence, parse_confidence, update_mask_quality
 from .confidence import mask_confidence
 from .refine import REFINE_METHODS, guided_filter, refine_guide, refine_mask, refined_mask, upsample_probabilities
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..engine import (Dataset, StepError, as_dataset, build_record, console, make_progress, model_record_path, prepare_items, read_items,
                       record_interrupted_training, resolve_device, status_of, write_run_record)
 from ..images import read_image
-from ..label_format import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
+from ..formats.label_format import FOREGROUND, UNLABELLED, label_path, labelled_items, read_grid, read_labels_info
 from .calibrate import calibrate_thresholds
 from ..nets import imagenet_normalise
 from .backbones import DEFAULT_BACKBONE

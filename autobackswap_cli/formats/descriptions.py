@@ -15,7 +15,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from .engine.errors import StepError
+from ..engine.errors import StepError
 
 MAX_GRID = 256  # patches per side
 MAX_INPUT_SIZE = 4096  # network input side in pixels

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from .engine.errors import StepError
-from .engine.record import RUN_RECORD
-from .images import TEXT, atomic_file
+from ..engine.errors import StepError
+from ..engine.record import RUN_RECORD
+from ..images import TEXT, atomic_file
 
 QUALITY_FILE = "mask_quality.csv"
 QUALITY_FIELDS = ("image", "confidence")

@@ -14,8 +14,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .engine.errors import StepError
-from .images import TEMP_PREFIX, TEXT, atomic_file
+from ..engine.errors import StepError
+from ..images import TEMP_PREFIX, TEXT, atomic_file
 
 SORT_CHUNK_ROWS = 200_000  # rows sorted in memory at a time (~100 MB)
 

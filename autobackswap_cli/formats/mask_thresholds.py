@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from .descriptions import check_thresholds
-from .engine.record import RUN_RECORD
+from ..engine.record import RUN_RECORD
 
 PAPER_THRESHOLDS = {"loose": 0.1, "tight": 0.5}  # the paper's loose and tight masks, for masks that do not say better
 

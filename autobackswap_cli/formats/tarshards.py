@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable
 
-from .images import TEMP_PREFIX, atomic_file, write_bytes_atomic
+from ..images import TEMP_PREFIX, atomic_file, write_bytes_atomic
 
 INDEX_KIND = "wids-shard-index-v1"
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .images import ImageError, ImageItem, write_bytes_atomic, write_mask_atomic
+from ..images import ImageError, ImageItem, write_bytes_atomic, write_mask_atomic
 
 FOREGROUND, BACKGROUND, UNLABELLED = 255, 0, 128
 LABELS_INFO = "labels.json"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .engine import StepError, console
-from .images import write_bytes_atomic
+from ..engine import StepError, console
+from ..images import write_bytes_atomic
 
 METADATA_KEY = "autobackswap"
 SAFETENSORS, TORCH_ZIP, UNKNOWN = "safetensors", "torch zip", "unknown"
