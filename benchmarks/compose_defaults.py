@@ -11,7 +11,8 @@ one MASKS folder and one BACKGROUNDS folder, everything else at compose's defaul
 - ``true backgrounds``: our masks on the true clean backgrounds (what the fill costs);
 - ``true masks``: the true masks on our fill (what the masks cost, beyond the fill);
 - ``ceiling``: true masks on true backgrounds;
-- ``dilate 8``, ``loose 0.3``: our masks, the fill made with another hole (``inpaint --dilate`` / ``--loose``).
+- ``dilate 8`` / ``16``, ``loose 0.3`` / ``0.5``, ``telea``, ``pyramid``: our masks, the fill made with another hole
+  (``inpaint --dilate`` / ``--loose``) or another method.
 
 Each condition is composed with every seed (``--per-image 3``) and judged on the test split: repeated-object
 variants by a small classifier trained from scratch (``train-classifier``, the seed its seed), held-out-object
@@ -39,8 +40,10 @@ import real_photos  # noqa: E402
 import stamp_photo_data  # noqa: E402
 
 CONDITIONS = ("defaults", "unfiltered", "feather 0", "tight 0.5", "plain paste", "true backgrounds", "true masks", "ceiling",
-              "dilate 8", "loose 0.3")
-FILLS = {"dilate 8": ("--dilate", 8), "loose 0.3": ("--loose", 0.3)}  # an inpaint option: the fill made again with it
+              "dilate 8", "dilate 16", "loose 0.3", "loose 0.5", "telea", "pyramid")
+# an inpaint option: the fill made again with it
+FILLS = {"dilate 8": ("--dilate", 8), "dilate 16": ("--dilate", 16), "loose 0.3": ("--loose", 0.3), "loose 0.5": ("--loose", 0.5),
+         "telea": ("--method", "telea"), "pyramid": ("--method", "pyramid")}
 
 
 def sources(name: str, work: Path) -> tuple[Path, Path, list]:
