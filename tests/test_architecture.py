@@ -1,5 +1,6 @@
-"""The house rules ARCHITECTURE.md states, checked on the source: no import circles among the package's modules,
-and no function longer than 60 lines. Both read the code (ast), nothing is imported or run."""
+"""The house rules ARCHITECTURE.md states, checked on the source: no import circles among the package's modules
+(module-level imports, and lazy ones inside functions too), and no function longer than 60 lines. Both read the code
+(ast), nothing is imported or run."""
 
 from __future__ import annotations
 
@@ -31,9 +32,10 @@ def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _module_level_imports(tree: ast.Module):
+def _module_level_imports(tree: ast.Module, lazy: bool = False):
     """Import nodes that run when the module is imported: at the top, or inside module-level if/try/with blocks,
-    but not in functions or classes, and not under ``if TYPE_CHECKING:``."""
+    but not under ``if TYPE_CHECKING:``; with ``lazy``, also those inside functions and classes (they run later,
+    but a circle through them is a circle all the same)."""
     todo = list(tree.body)
     while todo:
         node = todo.pop(0)
@@ -45,6 +47,8 @@ def _module_level_imports(tree: ast.Module):
             todo.extend(node.body + node.orelse + node.finalbody + [n for h in node.handlers for n in h.body])
         elif isinstance(node, (ast.With, ast.AsyncWith)):
             todo.extend(node.body)
+        elif lazy and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While)):
+            todo.extend(node.body + getattr(node, "orelse", []))
 
 
 def _with_packages(target: str, importer: str, is_package: bool) -> list[str]:
@@ -56,13 +60,13 @@ def _with_packages(target: str, importer: str, is_package: bool) -> list[str]:
     return [p for p in above if own[: len(p.split("."))] != p.split(".")] + [target]
 
 
-def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package modules that module ``name`` (at ``path``) imports at module level. Relative imports are
+def imports_of(name: str, path: Path, modules: dict[str, Path], lazy: bool = False) -> set[str]:
+    """The package modules that module ``name`` (at ``path``) imports at module level (with ``lazy``: anywhere). Relative imports are
     resolved; ``from . import x`` counts as importing the submodule ``x`` when there is one; importing ``a.b.c``
     also imports the packages ``a.b`` and ``a`` (their ``__init__`` runs first) unless the importer is inside them."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in _module_level_imports(ast.parse(path.read_text(), str(path))):
+    for node in _module_level_imports(ast.parse(path.read_text(), str(path)), lazy):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         else:
@@ -77,10 +81,10 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
-def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
-    """Module -> the package modules it imports at module level."""
+def import_graph(root: Path = PACKAGE, lazy: bool = False) -> dict[str, set[str]]:
+    """Module -> the package modules it imports at module level (with ``lazy``: inside functions too)."""
     modules = package_modules(root)
-    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+    return {name: imports_of(name, path, modules, lazy) for name, path in modules.items()}
 
 
 def find_circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -143,6 +147,11 @@ def test_the_package_has_no_import_circles():
     assert not circles, "import circles (module-level imports):\n" + "\n".join(" <-> ".join(c) for c in circles)
 
 
+def test_the_package_has_no_import_circles_through_lazy_imports_either():
+    circles = find_circles(import_graph(lazy=True))
+    assert not circles, "import circles (counting imports inside functions):\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
 def test_no_function_is_longer_than_60_lines():
     found = long_functions(exempt=LENGTH_EXEMPT)
     assert not found, f"functions longer than {MAX_FUNCTION_LINES} lines:\n" + "\n".join(found)
@@ -173,6 +182,15 @@ def test_a_circle_is_found(tmp_path):
 def test_imports_that_do_not_run_at_import_time_are_no_circle(tmp_path, b_text):
     package = _write(tmp_path, {"__init__.py": "", "a.py": "from .b import x\n", "b.py": b_text})
     assert find_circles(import_graph(package)) == []
+
+
+def test_a_lazy_circle_is_found_when_lazy_imports_count(tmp_path):
+    package = _write(tmp_path, {"__init__.py": "def run():\n    from .step import Step\n",
+                                "step.py": "class Step:\n    def go(self):\n        from . import run\n"})
+    assert find_circles(import_graph(package)) == [] and find_circles(import_graph(package, lazy=True)) == [["pkg", "pkg.step"]]
+    typing_only = _write(tmp_path / "t", {"__init__.py": "", "a.py": "from .b import x\n",
+                                          "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import y\n"})
+    assert find_circles(import_graph(typing_only, lazy=True)) == []
 
 
 def test_relative_imports_resolve_across_packages(tmp_path):

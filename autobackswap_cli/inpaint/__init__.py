@@ -1,45 +1,18 @@
 """Inpainting backends (a registry: one module per backend) and the ``inpaint`` step.
 
-Adding a backend is one module with an ``Inpainter`` subclass plus one entry in ``BACKENDS`` (its module, class
-and help: the command line's ``--method`` choices and help come from here). Heavy backends are imported only
+Adding a backend is one module with an ``Inpainter`` subclass plus one entry in ``backends.BACKENDS`` (its module,
+class and help: the command line's ``--method`` choices and help come from here). Heavy backends are imported only
 when chosen.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ..engine import StepError
+from .backends import BACKENDS, METHODS, Backend, make_inpainter
 from .base import InpaintOptions, Inpainter
-
-
-@dataclass(frozen=True)
-class Backend:
-    target: str  # "module:Class" in this package, imported lazily (so `diffusers` is needed only when used)
-    help: str  # what --method's help says of it
-
-
-# THE registry of inpainting methods: name -> backend, in the order --method lists them (the first is the default)
-BACKENDS = {
-    "texture": Backend("texture:TextureInpainter", "offline, continues the background's texture"),
-    "pyramid": Backend("classical:PyramidInpainter", "smooth, fastest"),
-    "telea": Backend("classical:TeleaInpainter", "OpenCV's Telea"),
-    "ns": Backend("classical:NavierStokesInpainter", "OpenCV's Navier-Stokes"),
-    "diffusers": Backend("diffusers_backend:DiffusersInpainter", "a diffusers inpainting pipeline, --model"),
-    "torchscript": Backend("torchscript_backend:TorchScriptInpainter", "a LaMa-style TorchScript file, --model"),
-}
-METHODS = tuple(BACKENDS)
-
-
-def make_inpainter(options: InpaintOptions) -> Inpainter:
-    """The backend named by ``options.method``, constructed (models load later, in ``setup``)."""
-    if options.method not in BACKENDS:
-        raise StepError(f"--method must be one of {', '.join(METHODS)}; got {options.method!r}")
-    module_name, class_name = BACKENDS[options.method].target.split(":")
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return getattr(module, class_name)(options)
 
 
 def inpaint_options(common=None, *, texture: str = "off", prompt: str | None = None, **values) -> InpaintOptions:

@@ -19,6 +19,7 @@ import numpy as np
 from ..engine import RunReport, Step, StepError, console, resolve_devices
 from ..images import ImageError, ImageItem, mirror_path, preview_grid, read_image, read_mask, spread_sample, write_image_atomic
 from ..formats.mask_thresholds import PAPER_THRESHOLDS, mask_threshold
+from .backends import make_inpainter
 from .base import InpaintOptions
 
 
@@ -43,8 +44,6 @@ class InpaintStep(Step):
 
     def __init__(self, masks_dir: Path, out_dir: Path, options: InpaintOptions, region: FillRegion,
                  out_format: str = "same", quality: int = 95, preview: str | None = None, preview_count: int = 12):
-        from . import make_inpainter
-
         self.masks_dir = Path(masks_dir)
         if not self.masks_dir.is_dir():
             raise StepError(f"masks folder not found: {self.masks_dir}")
@@ -76,8 +75,6 @@ class InpaintStep(Step):
         """A model backend on ``--device cuda`` with several GPUs: one copy of the step (and model) per GPU."""
         if len(self.devices) <= 1:
             return [self]
-        from . import make_inpainter
-
         copies = []
         for device in self.devices:
             replica = copy.copy(self)
