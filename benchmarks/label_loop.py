@@ -11,7 +11,7 @@ Both arms pick from the same pool (every training image) and label the same numb
 segments the training images; the figures are over the images *neither* arm labelled: mean IoU, masks with IoU
 < 0.5, and the wall time of each arm's labelling and training (the loop: both rounds and the scoring pass).
 
-    .venv/bin/python benchmarks/label_loop.py --variants instances-distractors,instances --json benchmarks/out/label_loop.json
+    .venv/bin/python benchmarks/label_loop.py --variants instances-distractors,instances --json benchmarks/results/label_loop.json
 """
 
 from __future__ import annotations

@@ -68,8 +68,8 @@ def section(name: str, result: dict) -> str:
 
 
 README_START, README_END = "<!-- results: benchmarks/report.py -->", "<!-- end of results -->"
-HEADLINE_CONDITIONS = {"ours": "ours (defaults)", "unfiltered": "ours, nothing left out", "plain-paste": "ours, pasted plainly",
-                       "u2netp": "u2netp, no labels", "ceiling": "true masks (ceiling)"}
+HEADLINE_CONDITIONS = {"ours": "ours (defaults)", "unfiltered": "ours, nothing left out", "u2netp": "u2netp, no labels",
+                       "ceiling": "true masks (ceiling)"}
 
 
 def headline(result: dict) -> str:
@@ -89,10 +89,15 @@ def headline(result: dict) -> str:
                          f"{num(c.get('mean_acc'))} |")
         confidence = r["conditions"].get("ours", {}).get("confidence")
         if confidence:
-            notes.append(f"{variant}: the confidence tells failed masks (IoU < 0.5) from the rest with AUROC {confidence['auroc']:.2f}; "
-                         f"compose's threshold leaves out {confidence['left_out_share']:.1%} of the images, holding "
-                         f"{confidence['failed_caught']} of the {confidence['failed']} failed masks")
-    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+            notes.append((variant, confidence))
+    if not notes:
+        return "\n".join(lines)
+    variants = ", ".join(variant for variant, _ in notes)
+    auroc = " / ".join(f"{c['auroc']:.2f}" for _, c in notes)
+    share = " / ".join(f"{c['left_out_share']:.1%}" for _, c in notes)
+    caught = " / ".join(f"{c['failed_caught']} of {c['failed']}" for _, c in notes)
+    return "\n".join(lines + ["", f"The mask confidence ({variants}) tells the failed masks (IoU < 0.5) from the rest with AUROC {auroc}; "
+                               f"compose's default threshold leaves out {share} of the images, holding {caught} failed masks."])
 
 
 def update_readme() -> bool:
