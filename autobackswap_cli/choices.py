@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Mapping
 
 from .compose.layouts import OUTPUT_LAYOUTS
+from .compose.core import PLACES
 from .compose.pool import BG_RULES
 from .images import encode_format_names
 from .inpaint import BACKENDS
@@ -67,6 +68,7 @@ Executor = choice("Executor", {
 
 # compose's registries name these choices: BG_RULES (--bg-from) and OUTPUT_LAYOUTS (--output-layout)
 BackgroundsFrom = choice("BackgroundsFrom", BG_RULES)
+Place = choice("Place", PLACES)
 OutputLayout = choice("OutputLayout", {name: help for name, (_, help) in OUTPUT_LAYOUTS.items()})
 
 

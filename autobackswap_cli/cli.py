@@ -25,7 +25,7 @@ from typing import Annotated, Any, Callable, Optional, Sequence
 import typer
 
 from . import __version__
-from .choices import (Backbone, BackgroundsFrom, Executor, InpaintMethod, OutputFormat, OutputLayout, Pick, Precision, PreviewOrder, Refine, choice_help,
+from .choices import (Backbone, BackgroundsFrom, Executor, InpaintMethod, OutputFormat, OutputLayout, Pick, Place, Precision, PreviewOrder, Refine, choice_help,
                       value_range)
 from .engine import (CommonOptions, Dataset, DatasetLayout, FailFast, StepError, as_interrupted, console, print_summary,
                      resolve_shard, stop_on_signals)
@@ -492,6 +492,7 @@ def compose_cmd(
     include_originals: Annotated[bool, typer.Option("--include-originals", help="Also copy the original images into OUT.")] = False,
     tight: Tight = None,
     min_confidence: MinConfidence = None,
+    place: Annotated[Place, typer.Option("--place", help=choice_help(Place, "Where the foreground goes on its new background: "))] = Place("own"),
     feather: Annotated[float, typer.Option("--feather", help="Soft edge of the foreground, in pixels.", **_range("feather"))] = 2.0,
     scale: Annotated[str, typer.Option("--scale", help="Random foreground scale range a,b (e.g. 0.8,1.2).")] = "1,1",
     rotate: Annotated[float, typer.Option("--rotate", help="Random rotation up to this many degrees either way.", **_range("rotate"))] = 0.0,
@@ -512,7 +513,8 @@ def compose_cmd(
 
     variant = one_of({"--only-fg": only_fg, "--only-bg": only_bg}, default="swap")
     options = common.into(  # --scale / --fill read here until the compose package reads them
-        ComposeOptions, per_image=per_image, bg_from=bg_from.value, variant=variant, tight=tight, min_confidence=min_confidence, feather=feather,
+        ComposeOptions, per_image=per_image, bg_from=bg_from.value, variant=variant, tight=tight, min_confidence=min_confidence,
+        place=place.value, feather=feather,
         scale=floats(scale, "--scale", 2),
         rotate=rotate, translate=translate, fill=tuple(int(v) for v in floats(fill, "--fill", 3)), include_originals=include_originals,
         out_format=out_format.value, quality=quality, layout=layout.value, shard_size=shard_size,

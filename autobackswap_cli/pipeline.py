@@ -122,13 +122,13 @@ def run_options(common: CommonOptions, layout: DatasetLayout, values: Mapping[st
 
 
 def _choices() -> dict[str, dict[str, tuple]]:
-    from .choices import Backbone, BackgroundsFrom, InpaintMethod, OutputFormat, OutputLayout, Precision, PreviewOrder, Refine
+    from .choices import Backbone, BackgroundsFrom, InpaintMethod, OutputFormat, OutputLayout, Place, Precision, PreviewOrder, Refine
     from .compose import VARIANTS
 
     return {"train": {"backbone": Backbone.values()},
             "segment": {"refine": Refine.values(), "precision": Precision.values(), "preview_order": PreviewOrder.values()},
             "inpaint": {"method": InpaintMethod.values(), "precision": Precision.values()},
-            "compose": {"bg_from": BackgroundsFrom.values(), "out_format": OutputFormat.values(), "layout": OutputLayout.values(),
+            "compose": {"place": Place.values(), "bg_from": BackgroundsFrom.values(), "out_format": OutputFormat.values(), "layout": OutputLayout.values(),
                         "variant": tuple(VARIANTS)}}
 
 

@@ -6,7 +6,7 @@ one MASKS folder and one BACKGROUNDS folder, everything else at compose's defaul
 
 - ``defaults``: our masks, our fill, compose's defaults (what ``autobackswap run`` makes);
 - ``unfiltered``: the same with ``--min-confidence 0`` (no mask left out);
-- ``feather 0``, ``tight 0.5``: one cut-out option swapped;
+- ``feather 0``, ``tight 0.5``, ``over hole`` (``--place over-hole``): one cut-out or placement option swapped;
 - ``plain paste``: our masks and fill, hard alpha at 0.5, no feather, nothing left out (the zero-option paste);
 - ``true backgrounds``: our masks on the true clean backgrounds (what the fill costs);
 - ``true masks``: the true masks on our fill (what the masks cost, beyond the fill);
@@ -40,7 +40,7 @@ import real_photos  # noqa: E402
 import stamp_photo_data  # noqa: E402
 
 CONDITIONS = ("defaults", "unfiltered", "feather 0", "tight 0.5", "plain paste", "true backgrounds", "true masks", "ceiling",
-              "dilate 8", "dilate 16", "loose 0.3", "loose 0.5", "telea", "pyramid")
+              "dilate 8", "dilate 16", "loose 0.3", "loose 0.5", "telea", "pyramid", "over hole")
 # an inpaint option: the fill made again with it
 FILLS = {"dilate 8": ("--dilate", 8), "dilate 16": ("--dilate", 16), "loose 0.3": ("--loose", 0.3), "loose 0.5": ("--loose", 0.5),
          "telea": ("--method", "telea"), "pyramid": ("--method", "pyramid")}
@@ -50,6 +50,7 @@ def sources(name: str, work: Path) -> tuple[Path, Path, list]:
     """(MASKS, BACKGROUNDS, compose's extra options) of a condition."""
     data, ours = work / "data", work / "ours"
     options = {"unfiltered": ["--min-confidence", 0], "feather 0": ["--feather", 0], "tight 0.5": ["--tight", 0.5],
+               "over hole": ["--place", "over-hole"],
                "plain paste": ["--feather", 0, "--tight", 0.5, "--min-confidence", 0]}.get(name, [])
     if name == "true backgrounds":
         return ours / "masks", data / "backgrounds/train", options

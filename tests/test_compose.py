@@ -303,3 +303,29 @@ def test_the_background_rules_and_output_layouts_are_the_options_the_cli_offers(
 
     assert tuple(BG_RULES) == BackgroundsFrom.values() and all(BG_RULES.values())
     assert tuple(OUTPUT_LAYOUTS) == OutputLayout.values() and all(help_text for _, help_text in OUTPUT_LAYOUTS.values())
+
+
+def test_place_over_hole_puts_the_foreground_over_the_backgrounds_own_object(small_sample, tmp_path):
+    """--place over-hole: each composite's foreground is centred where its background's own object was (the hole
+    its fill left), inside the frame; the manifest records that shift, and a rerun lists the same rows."""
+    out = tmp_path / "out"
+    _compose(small_sample, out, "--place", "over-hole", "--per-image", "2", "--encode-format", "png")
+    rows = _manifest(out)
+    assert rows and any(float(r["shift_x"]) or float(r["shift_y"]) for r in rows)
+    for row in rows:
+        fg = foreground_alpha(read_mask(small_sample / "masks/train" / Path(row["foreground"]).with_suffix(".png"))) > 0  # what is moved
+        hole = fit_background(read_mask(small_sample / "masks/train" / Path(row["background"]).with_suffix(".png")), *fg.shape) >= 0.5
+        (fy, fx), (hy, hx) = [((np.nonzero(m)[0].min() + np.nonzero(m)[0].max()) / 2, (np.nonzero(m)[1].min() + np.nonzero(m)[1].max()) / 2)
+                              for m in (fg, hole)]
+        ys, xs = np.nonzero(fg)
+        h, w = fg.shape
+        inside_x = 0 <= xs.min() + hx - fx and xs.max() + hx - fx <= w - 1  # no clamping needed on this axis
+        inside_y = 0 <= ys.min() + hy - fy and ys.max() + hy - fy <= h - 1
+        if inside_x:
+            assert abs(float(row["shift_x"]) - (hx - fx)) < 0.01
+        if inside_y:
+            assert abs(float(row["shift_y"]) - (hy - fy)) < 0.01
+    before = (out / "manifest.csv").read_text()
+    (next(out.glob(".autobackswap-journal-*.csv"))).unlink()  # no journal: the rows are planned again from the masks
+    _compose(small_sample, out, "--place", "over-hole", "--per-image", "2", "--encode-format", "png")
+    assert (out / "manifest.csv").read_text() == before

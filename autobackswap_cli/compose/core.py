@@ -29,8 +29,13 @@ if TYPE_CHECKING:
     from .options import ComposeOptions
 
 DEFAULT_FEATHER = 2.0  # edge softness in pixels (Gaussian sigma = feather / 2)
+# --place: where a foreground goes on its new background
+PLACES = {
+    "own": "where it was in its own image",
+    "over-hole": "over the background's own object, covering the hole its fill left",
+}
 
-__all__ = ["BG_RULES", "DEFAULT_FEATHER", "Compositor", "Placement", "blend", "fit_background", "foreground_alpha", "item_rng", "key_digest",
+__all__ = ["BG_RULES", "DEFAULT_FEATHER", "PLACES", "Compositor", "Placement", "blend", "fit_background", "foreground_alpha", "item_rng", "key_digest",
            "place_foreground", "placement_matrix", "sample_placement"]
 
 
@@ -108,6 +113,12 @@ def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarra
     return resized[y0 : y0 + height, x0 : x0 + width]
 
 
+def _box_centre(mask: np.ndarray) -> tuple[float, float]:
+    """(y, x) of the centre of a boolean mask's bounding box (what a placement moves and rotates about)."""
+    ys, xs = np.nonzero(mask)
+    return (ys.min() + ys.max()) / 2.0, (xs.min() + xs.max()) / 2.0
+
+
 def placement_matrix(alpha: np.ndarray, placement: Placement) -> tuple[np.ndarray, Placement]:
     """Affine matrix scaling/rotating about the foreground's centre and shifting it, kept inside the frame.
 
@@ -165,7 +176,10 @@ class Compositor:
     """
 
     def __init__(self, masks_dir: Path, backgrounds_dir: Path, tight: float | None = None, feather: float = DEFAULT_FEATHER,
-                 layout: DatasetLayout | None = None, min_confidence: float | None = 0.0):
+                 layout: DatasetLayout | None = None, min_confidence: float | None = 0.0, place: str = "own"):
+        if place not in PLACES:
+            raise StepError(f"--place must be one of {', '.join(PLACES)}; got {place!r}")
+        self.place = place
         self.masks_dir = Path(masks_dir)
         if not self.masks_dir.is_dir():
             raise StepError(f"masks folder not found: {self.masks_dir}")
@@ -219,6 +233,23 @@ class Compositor:
         return blend(fg, a, background), used
 
     def swap(self, image: np.ndarray, alpha: np.ndarray, background_rel: str, placement: Placement = Placement()) -> tuple[np.ndarray, Placement]:
-        """The foreground on the background ``background_rel`` of the pool."""
+        """The foreground on the background ``background_rel`` of the pool (``place`` "over-hole": moved over the
+        background's own filled hole first, ``placed``)."""
         h, w = alpha.shape
-        return self.paste(image, alpha, self.background(background_rel, h, w), placement)
+        return self.paste(image, alpha, self.background(background_rel, h, w), self.placed(alpha, background_rel, placement))
+
+    def placed(self, alpha: np.ndarray, background_rel: str, placement: Placement) -> Placement:
+        """``placement`` as ``place`` asks: unchanged ("own": the foreground stays where it was in its image), or
+        shifted so its centre lands on the centre of the background's own object, whose filled hole it then covers
+        ("over-hole"; that image's mask fitted like the background; unchanged where there is none)."""
+        if self.place == "own":
+            return placement
+        mask_path = self.masks_dir / f"{path_key(background_rel)}.png"
+        fg = alpha > 0
+        if not mask_path.exists() or not fg.any():
+            return placement
+        hole = fit_background(read_mask(mask_path), *alpha.shape) >= self.tight
+        if not hole.any():
+            return placement
+        (hy, hx), (fy, fx) = _box_centre(hole), _box_centre(fg)
+        return Placement(placement.scale, placement.angle, placement.shift_x + hx - fx, placement.shift_y + hy - fy)

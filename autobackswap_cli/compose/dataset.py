@@ -39,7 +39,7 @@ class BackSwapDataset:
         self.targets = [self.class_to_idx[it.cls] for it in self.items]
         self.groups = [it.group for it in self.items]
         self.core = Compositor(Path(masks_dir), Path(backgrounds_dir), self.options.tight, self.options.feather, layout,
-                               min_confidence=self.options.min_confidence)
+                               min_confidence=self.options.min_confidence, place=self.options.place)
         self.transform = transform
         self.p_original = p_original
         self.epoch = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine import StepError
-from .core import BG_RULES, DEFAULT_FEATHER
+from .core import BG_RULES, DEFAULT_FEATHER, PLACES
 from .layouts import OUTPUT_LAYOUTS
 
 BG_MODES = tuple(BG_RULES)
@@ -22,6 +22,7 @@ class ComposeOptions:
     tight: float | None = None  # alpha = P(fg) >= tight, then feathered; None: what MASKS' segmenter chose, else 0.5
     min_confidence: float | None = None  # leave out images whose mask's confidence is below; None: MASKS' recorded, else the default; 0: none
     feather: float = DEFAULT_FEATHER
+    place: str = "own"  # a PLACES name: where the foreground goes on its new background
     scale: tuple[float, float] = (1.0, 1.0)
     rotate: float = 0.0  # degrees, uniform in [-rotate, rotate]
     translate: int = 0  # pixels, uniform in [-translate, translate] on each axis
@@ -37,6 +38,8 @@ class ComposeOptions:
         """A ``StepError`` for the first option out of its range or set."""
         if self.bg_from not in BG_RULES:
             raise StepError(f"--bg-from must be one of {', '.join(BG_MODES)}; got {self.bg_from!r}")
+        if self.place not in PLACES:
+            raise StepError(f"--place must be one of {', '.join(PLACES)}; got {self.place!r}")
         if self.variant not in VARIANTS:
             raise StepError(f"variant must be one of {', '.join(VARIANTS)}")
         lo, hi = self.scale

@@ -47,7 +47,8 @@ class ComposeStep(Step):
                  preview: str | None = None, preview_count: int = 24, layout: DatasetLayout | None = None):
         options.check()
         layout = layout or DatasetLayout()  # DATA's class rule: BACKGROUNDS mirror DATA
-        self.core = Compositor(masks_dir, backgrounds_dir, options.tight, options.feather, layout, min_confidence=options.min_confidence)
+        self.core = Compositor(masks_dir, backgrounds_dir, options.tight, options.feather, layout, min_confidence=options.min_confidence,
+                               place=options.place)
         self.out_dir = Path(out_dir)
         self.options = options
         self.preview = preview
@@ -61,7 +62,7 @@ class ComposeStep(Step):
         only read back by a run with the same."""
         o = self.options
         plan = [o.variant, o.per_image, o.bg_from, o.seed, o.out_format, list(o.scale), o.rotate, o.translate, list(o.fill),
-                o.include_originals, str(self.core.pool.root.resolve()), len(self.core.pool), self.layout]
+                o.include_originals, str(self.core.pool.root.resolve()), len(self.core.pool), self.layout] + ([o.place] if o.place != "own" else [])
         return hashlib.sha256(json.dumps(plan, default=str).encode()).hexdigest()[:12]
 
     # ----------------------------------------------------------------- the output layout's hooks (Step's protocol)
@@ -165,9 +166,10 @@ class ComposeStep(Step):
         rows = []
         for plan in plans:
             placement = plan.placement
-            if plan.background is not None and placement != Placement() and self.options.variant == "swap":
+            if plan.background is not None and (placement != Placement() or self.options.place != "own") and self.options.variant == "swap":
                 if alpha is None:
                     alpha = self.core.alpha(item, None, required=False)
+                placement = self.core.placed(alpha, plan.background, placement)
                 _, placement = placement_matrix(alpha, placement)
             rows.append(self._row(item, Composite(plan.output, plan.background, placement)))
         return rows
@@ -176,7 +178,7 @@ class ComposeStep(Step):
         o = self.options
         return {
             "masks": str(self.core.masks_dir), "backgrounds": str(self.core.pool.root), "variant": o.variant, "per_image": o.per_image,
-            "bg_from": o.bg_from, "tight": self.core.tight, "tight_from": self.core.tight_source, "feather": o.feather,
+            "bg_from": o.bg_from, "place": o.place, "tight": self.core.tight, "tight_from": self.core.tight_source, "feather": o.feather,
             "min_confidence": self.core.min_confidence, "min_confidence_from": self.core.min_confidence_source, "scale": list(o.scale), "rotate": o.rotate,
             "translate": o.translate, "include_originals": o.include_originals, "format": o.out_format, "quality": o.quality, "seed": o.seed,
         }
