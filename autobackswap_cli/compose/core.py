@@ -115,8 +115,8 @@ def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarra
 
 def _box_centre(mask: np.ndarray) -> tuple[float, float]:
     """(y, x) of the centre of a boolean mask's bounding box (what a placement moves and rotates about)."""
-    ys, xs = np.nonzero(mask)
-    return (ys.min() + ys.max()) / 2.0, (xs.min() + xs.max()) / 2.0
+    y0, y1, x0, x1 = bounding_box(mask)
+    return (y0 + y1 - 1) / 2.0, (x0 + x1 - 1) / 2.0
 
 
 def placement_matrix(alpha: np.ndarray, placement: Placement) -> tuple[np.ndarray, Placement]:
